@@ -1,0 +1,38 @@
+// Argument validation shared by the CPU and CUDA kernels, so that both backends reject
+// bad input with the same message.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <cmath>
+
+namespace lpla_fast {
+
+inline void check_p(double p) {
+  TORCH_CHECK(!std::isnan(p) && p > 0.0, "p must be in (0, inf], got p=", p);
+}
+
+inline void check_floating(const at::Tensor& t, const char* name) {
+  const auto st = t.scalar_type();
+  TORCH_CHECK(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16,
+              name, " must be float32, float64, float16 or bfloat16, got ", st);
+}
+
+inline void check_dim(const at::Tensor& t, const char* name, int64_t dim, const char* layout) {
+  TORCH_CHECK(t.dim() == dim, name, " must be ", dim, "-D ", layout, ", got ", t.dim(),
+              "-D with shape ", t.sizes());
+}
+
+inline void check_std(double std, const char* name) {
+  TORCH_CHECK(std::isfinite(std) && std > 0.0, name, " must be finite and > 0, got ", name, "=", std);
+}
+
+inline void check_finite_param(double value, const char* name) {
+  TORCH_CHECK(std::isfinite(value), name, " must be finite, got ", name, "=", value);
+}
+
+// Result dtype of the reductions: fp64 for fp64 input, fp32 otherwise.
+inline at::ScalarType result_dtype(const at::Tensor& t) {
+  return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+}  // namespace lpla_fast

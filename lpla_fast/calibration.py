@@ -1,0 +1,132 @@
+"""The fitted LpLA calibration: what `lpla attack` saves and `lpla score` applies.
+
+A versioned JSON file. The member (`in`) and non-member (`out`) Gaussians are stored in
+standardized units of the statistic, t = (stat - ref_mean) / ref_std, where stat is
+||z||_p (or log ||z||_p) and (ref_mean, ref_std) are the *target* encoder's statistics on
+reference non-members; that is how a calibration fitted on a shadow encoder transfers to a
+target with another norm scale. Without standardization ref_mean = 0 and ref_std = 1.
+
+Because t is an affine function of stat, the log-likelihood ratio in t equals the one in
+stat with the Gaussians mapped back (mean -> ref_mean + ref_std * mean, std -> ref_std * std),
+so scoring is one pass of the fused `lpla_score` op.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from typing import Optional, Tuple
+
+from torch import Tensor
+
+from . import ops
+
+SCHEMA = "lpla_fast.lpla_calibration"
+VERSION = 1
+
+
+def _encode_p(p: float):
+    return "inf" if math.isinf(p) else p
+
+
+def _decode_p(p) -> float:
+    return math.inf if p in ("inf", "Infinity") else float(p)
+
+
+@dataclass(frozen=True)
+class LpLACalibration:
+    p: float
+    log_space: bool
+    mean_in: float
+    std_in: float
+    mean_out: float
+    std_out: float
+    ref_mean: float = 0.0
+    ref_std: float = 1.0
+    dim: Optional[int] = None
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if math.isnan(self.p) or self.p <= 0:
+            raise ValueError(f"calibration p must be in (0, inf], got p={self.p}")
+        for name in ("mean_in", "mean_out", "ref_mean"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"calibration {name} must be finite, got {getattr(self, name)}")
+        for name in ("std_in", "std_out", "ref_std"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"calibration {name} must be finite and > 0, got {value}")
+        if self.dim is not None and self.dim < 1:
+            raise ValueError(f"calibration dim must be >= 1, got {self.dim}")
+
+    def kernel_params(self) -> Tuple[float, float, float, float]:
+        """(mean_in, std_in, mean_out, std_out) of the raw statistic, for `ops.lpla_score`."""
+        return (
+            self.ref_mean + self.ref_std * self.mean_in,
+            self.ref_std * self.std_in,
+            self.ref_mean + self.ref_std * self.mean_out,
+            self.ref_std * self.std_out,
+        )
+
+    def check_dim(self, d: int, where: str = "embeddings") -> None:
+        if self.dim is not None and d != self.dim:
+            raise ValueError(f"{where} have D={d}, but the calibration was fitted on D={self.dim}")
+
+    def score(self, views: Tensor) -> Tuple[Tensor, Tensor]:
+        """Per-view norms (N, K) and LpLA scores (N,) of views (N, K, D) through the fused op."""
+        self.check_dim(views.shape[-1], "views")
+        return ops.lpla_score(views, self.p, *self.kernel_params(), log_space=self.log_space)
+
+    # --- JSON ------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["p"] = _encode_p(self.p)
+        return {"schema": SCHEMA, "version": VERSION, **d}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LpLACalibration":
+        if not isinstance(d, dict) or d.get("schema") != SCHEMA:
+            raise ValueError(f"not an LpLA calibration (expected schema {SCHEMA!r}, got {d.get('schema') if isinstance(d, dict) else type(d).__name__!r})")
+        if d.get("version") != VERSION:
+            raise ValueError(f"unsupported LpLA calibration version {d.get('version')!r}; this build reads version {VERSION}")
+        required = ("p", "log_space", "mean_in", "std_in", "mean_out", "std_out")
+        missing = [k for k in required if k not in d]
+        if missing:
+            raise ValueError(f"LpLA calibration is missing fields: {', '.join(missing)}")
+        try:
+            return cls(
+                p=_decode_p(d["p"]),
+                log_space=bool(d["log_space"]),
+                mean_in=float(d["mean_in"]),
+                std_in=float(d["std_in"]),
+                mean_out=float(d["mean_out"]),
+                std_out=float(d["std_out"]),
+                ref_mean=float(d.get("ref_mean", 0.0)),
+                ref_std=float(d.get("ref_std", 1.0)),
+                dim=None if d.get("dim") is None else int(d["dim"]),
+                meta=dict(d.get("meta") or {}),
+            )
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"invalid LpLA calibration: {exc}") from exc
+
+    def save(self, path) -> None:
+        """Write atomically (temporary file in the same folder, then rename)."""
+        path = os.fspath(path)
+        folder = os.path.dirname(os.path.abspath(path))
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".calibration-", suffix=".json")
+        with os.fdopen(fd, "w") as f:
+            json.dump(self.to_dict(), f, indent=2)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path) -> "LpLACalibration":
+        try:
+            with open(path) as f:
+                d = json.load(f)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"calibration file {path} is not valid JSON: {exc}") from exc
+        return cls.from_dict(d)

@@ -1,0 +1,136 @@
+"""Typed wrappers of the compiled ops (`torch.ops.lpla_fast.*`) and their fake kernels.
+
+What each op computes is stated, in float64, by `lpla_fast.reference`; the kernels agree
+with it to within each dtype's tolerance.
+
+NaN / Inf policy: a row containing NaN gets a NaN norm; a row with an infinite value (and
+no NaN) gets an infinite norm. A view whose statistic is not finite (NaN, Inf, or log 0)
+gives a NaN score to its own sample. No row ever affects another row's result.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+_ops = torch.ops.lpla_fast
+
+
+def _p(p) -> float:
+    p = float(p)
+    # Checked here too so that the fake kernels (torch.compile, meta) raise the same error.
+    if math.isnan(p) or p <= 0:
+        raise ValueError(f"p must be in (0, inf], got p={p}")
+    return p
+
+
+def lp_norm(x: Tensor, p: float = 2.0) -> Tensor:
+    """Lp-norm over the last dim.
+
+    Args:
+        x: (..., D) float32/float16/bfloat16/float64 tensor, any strides, CPU or CUDA.
+        p: in (0, inf]; fast paths for 1, 2, inf and small integers.
+    Returns:
+        (...) float32 tensor (float64 for float64 input).
+    """
+    return _ops.lp_norm(x, _p(p))
+
+
+def pooled_lp_norm(fmap: Tensor, p: float = 2.0, return_pooled: bool = True) -> Tuple[Optional[Tensor], Tensor]:
+    """Global average pooling of a feature map and the Lp-norm of the result, in one pass.
+
+    Args:
+        fmap: (N, C, H, W) feature map, contiguous or channels_last.
+        p: in (0, inf].
+        return_pooled: also return the pooled embedding.
+    Returns:
+        pooled: (N, C) float32 (float64 for float64 input), or None.
+        norms: (N,) Lp-norms of the pooled embeddings.
+    """
+    pooled, norms = _ops.pooled_lp_norm(fmap, _p(p), bool(return_pooled))
+    return (pooled if return_pooled else None), norms
+
+
+def lpla_score(
+    views: Tensor,
+    p: float,
+    mean_in: float,
+    std_in: float,
+    mean_out: float,
+    std_out: float,
+    log_space: bool = False,
+) -> Tuple[Tensor, Tensor]:
+    """Fused LpLA scoring: per-view Lp-norms and the per-sample log-likelihood ratio.
+
+    Args:
+        views: (N, K, D) embeddings of K query views per sample.
+        p: in (0, inf].
+        mean_in, std_in, mean_out, std_out: member / non-member Gaussians of the statistic.
+        log_space: the statistic is log ||z||_p instead of ||z||_p.
+    Returns:
+        norms: (N, K) per-view ||z_k||_p (not logged), float32 (float64 for float64 input).
+        scores: (N,) sum_k [log N(s_k; mean_in, std_in^2) - log N(s_k; mean_out, std_out^2)].
+    """
+    return _ops.lpla_score(
+        views, _p(p), float(mean_in), float(std_in), float(mean_out), float(std_out), bool(log_space)
+    )
+
+
+def view_cosine(views: Tensor) -> Tensor:
+    """Pairwise cosine similarities of each sample's K views (EncoderMI's features).
+
+    Args:
+        views: (N, K, D) embeddings.
+    Returns:
+        (N, K*(K-1)/2) similarities, upper triangle (i < j) in row-major order,
+        float32 (float64 for float64 input). A zero vector has similarity 0 to all.
+    """
+    return _ops.view_cosine(views)
+
+
+# --- fake kernels: shapes and dtypes only, for torch.compile and meta tensors ---------
+
+_FLOATING = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def _result_dtype(t: Tensor) -> torch.dtype:
+    if t.dtype not in _FLOATING:
+        raise TypeError(f"expected a float32, float64, float16 or bfloat16 tensor, got {t.dtype}")
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+@torch.library.register_fake("lpla_fast::lp_norm")
+def _lp_norm_fake(x, p):
+    if x.dim() < 1:
+        raise RuntimeError("x must have at least 1 dim (..., D), got a 0-D tensor")
+    return x.new_empty(x.shape[:-1], dtype=_result_dtype(x))
+
+
+@torch.library.register_fake("lpla_fast::pooled_lp_norm")
+def _pooled_lp_norm_fake(fmap, p, return_pooled):
+    if fmap.dim() != 4:
+        raise RuntimeError(f"fmap must be 4-D (N, C, H, W), got {fmap.dim()}-D")
+    dt = _result_dtype(fmap)
+    n, c = fmap.shape[0], fmap.shape[1]
+    pooled = fmap.new_empty((n, c) if return_pooled else (0,), dtype=dt)
+    return pooled, fmap.new_empty((n,), dtype=dt)
+
+
+@torch.library.register_fake("lpla_fast::lpla_score")
+def _lpla_score_fake(views, p, mean_in, std_in, mean_out, std_out, log_space):
+    if views.dim() != 3:
+        raise RuntimeError(f"views must be 3-D (N, K, D), got {views.dim()}-D")
+    dt = _result_dtype(views)
+    n, k = views.shape[0], views.shape[1]
+    return views.new_empty((n, k), dtype=dt), views.new_empty((n,), dtype=dt)
+
+
+@torch.library.register_fake("lpla_fast::view_cosine")
+def _view_cosine_fake(views):
+    if views.dim() != 3:
+        raise RuntimeError(f"views must be 3-D (N, K, D), got {views.dim()}-D")
+    k = views.shape[1]
+    return views.new_empty((views.shape[0], k * (k - 1) // 2), dtype=_result_dtype(views))
