@@ -9,6 +9,11 @@ target with another norm scale. Without standardization ref_mean = 0 and ref_std
 Because t is an affine function of stat, the log-likelihood ratio in t equals the one in
 stat with the Gaussians mapped back (mean -> ref_mean + ref_std * mean, std -> ref_std * std),
 so scoring is one pass of the fused `lpla_score` op.
+
+`aggregation` says how a sample's K views combine: "sum" (the default; the op's score,
+sum_k of the per-view log-likelihood ratio) or "mean" (the log-likelihood ratio of the
+view-mean statistic, whose Gaussians were fitted on view means; the op still computes
+the norms in its one pass, and the ratio of their mean is taken here).
 """
 
 from __future__ import annotations
@@ -20,12 +25,15 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Optional, Tuple
 
+import torch
 from torch import Tensor
 
 from . import ops
+from .reference import gaussian_log_ratio
 
 SCHEMA = "lpla_fast.lpla_calibration"
 VERSION = 1
+AGGREGATIONS = ("sum", "mean")
 
 
 def _encode_p(p: float):
@@ -48,8 +56,11 @@ class LpLACalibration:
     ref_std: float = 1.0
     dim: Optional[int] = None
     meta: dict = field(default_factory=dict)
+    aggregation: str = "sum"
 
     def __post_init__(self):
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"calibration aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}")
         if math.isnan(self.p) or self.p <= 0:
             raise ValueError(f"calibration p must be in (0, inf], got p={self.p}")
         for name in ("mean_in", "mean_out", "ref_mean"):
@@ -78,7 +89,11 @@ class LpLACalibration:
     def score(self, views: Tensor) -> Tuple[Tensor, Tensor]:
         """Per-view norms (N, K) and LpLA scores (N,) of views (N, K, D) through the fused op."""
         self.check_dim(views.shape[-1], "views")
-        return ops.lpla_score(views, self.p, *self.kernel_params(), log_space=self.log_space)
+        norms, scores = ops.lpla_score(views, self.p, *self.kernel_params(), log_space=self.log_space)
+        if self.aggregation == "mean":
+            stat = torch.log(norms.double()) if self.log_space else norms.double()
+            scores = gaussian_log_ratio(stat.mean(dim=-1), *self.kernel_params()).to(scores.dtype)
+        return norms, scores
 
     # --- JSON ------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -108,6 +123,7 @@ class LpLACalibration:
                 ref_std=float(d.get("ref_std", 1.0)),
                 dim=None if d.get("dim") is None else int(d["dim"]),
                 meta=dict(d.get("meta") or {}),
+                aggregation=str(d.get("aggregation", "sum")),
             )
         except (TypeError, ValueError) as exc:
             raise ValueError(f"invalid LpLA calibration: {exc}") from exc

@@ -1,0 +1,184 @@
+"""What every attack shares: the attacker's knowledge, input checks, direction and threshold.
+
+Every attack is an estimator: configuration in `__init__`, `fit(knowledge)` returning
+self, learned state in attributes ending in `_`, `score(views)` returning float64 scores
+where larger means more likely a member, and `to_dict()` / `from_dict(d)` with JSON-able
+state. The direction of a raw statistic is always learned from data with known labels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Optional, Tuple
+
+import numpy as np
+from torch import Tensor
+
+from .. import metrics
+from ..validation import as_views, check_same_dim
+
+LEVELS = ("reference", "shadow", "audit")
+_SHADOW_NAMES = ("shadow_members", "shadow_nonmembers", "shadow_reference")
+_TARGET_NAMES = ("target_reference", "target_training", "calibration_members", "calibration_nonmembers")
+
+
+@dataclass
+class AttackerKnowledge:
+    """What the attacker holds, as (N, K, D) view embeddings (or None).
+
+    level: "reference" (known non-members queried on the target), "shadow" (a shadow
+        encoder trained on a member split, with a non-member split kept aside) or
+        "audit" (the true training set is known).
+    shadow_members / shadow_nonmembers: the shadow encoder's embeddings of its member and
+        non-member splits.
+    shadow_reference: the shadow encoder's embeddings of the reference split.
+    target_reference: the target encoder's embeddings of the reference split (known
+        non-members).
+    target_training: audit only; the target's embeddings of known training samples,
+        disjoint from the evaluated ones.
+    calibration_members / calibration_nonmembers: audit only; the target's embeddings of
+        members / non-members disjoint from the evaluated ones.
+    allow_different_dims: by default every array must share one embedding dimension D (a
+        mismatch between shadow and target is usually a mistake). Set True for a shadow
+        encoder with another backbone: the attacks carry nothing D-dependent from the
+        shadow to the target (norms, cosines and neighbour similarities are scalars).
+    """
+
+    level: str = "shadow"
+    shadow_members: Optional[Tensor] = None
+    shadow_nonmembers: Optional[Tensor] = None
+    shadow_reference: Optional[Tensor] = None
+    target_reference: Optional[Tensor] = None
+    target_training: Optional[Tensor] = None
+    calibration_members: Optional[Tensor] = None
+    calibration_nonmembers: Optional[Tensor] = None
+    allow_different_dims: bool = False
+
+    def __post_init__(self):
+        if self.level not in LEVELS:
+            raise ValueError(f"knowledge level must be one of {LEVELS}, got {self.level!r}")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name not in ("level", "allow_different_dims") and value is not None:
+                setattr(self, f.name, as_views(value, f.name))
+        groups = (_SHADOW_NAMES, _TARGET_NAMES) if self.allow_different_dims else (_SHADOW_NAMES + _TARGET_NAMES,)
+        for group in groups:
+            present = [(n, getattr(self, n)) for n in group if getattr(self, n) is not None]
+            for name, value in present[1:]:
+                check_same_dim(present[0][1], value, present[0][0], name)
+
+    def first_views(self, k: int) -> "AttackerKnowledge":
+        """The same knowledge at query budget k: every array cut to its first k views."""
+        if k < 1:
+            raise ValueError(f"the query budget k must be >= 1, got {k}")
+        arrays = {n: None if getattr(self, n) is None else getattr(self, n)[:, :k]
+                  for n in _SHADOW_NAMES + _TARGET_NAMES}
+        return AttackerKnowledge(level=self.level, allow_different_dims=self.allow_different_dims, **arrays)
+
+    def target_dim(self) -> Optional[int]:
+        """D of the target encoder's embeddings (what the fitted attack will score)."""
+        names = _TARGET_NAMES if self.allow_different_dims else _TARGET_NAMES + _SHADOW_NAMES
+        for name in names:
+            if getattr(self, name) is not None:
+                return int(getattr(self, name).shape[-1])
+        return None
+
+    def require(self, *names: str, attack: str) -> Tuple[Tensor, ...]:
+        """The named arrays; a clear error naming what is missing and for which attack."""
+        missing = [n for n in names if getattr(self, n) is None]
+        if missing:
+            raise ValueError(
+                f"attack {attack!r} at knowledge level {self.level!r} needs {', '.join(missing)}, "
+                f"which the AttackerKnowledge does not hold"
+            )
+        return tuple(getattr(self, n) for n in names)
+
+    def labelled_sets(self, attack: str) -> Tuple[Tensor, Tensor]:
+        """The (members, non-members) with known labels: the shadow's, or the audit calibration."""
+        if self.level == "shadow":
+            return self.require("shadow_members", "shadow_nonmembers", attack=attack)
+        if self.level == "audit":
+            return self.require("calibration_members", "calibration_nonmembers", attack=attack)
+        raise ValueError(
+            f"attack {attack!r} needs labelled members and non-members (knowledge level 'shadow' or "
+            f"'audit'); level 'reference' holds only known non-members"
+        )
+
+
+def check_views(views, name: str, min_views: int = 1, dim: Optional[int] = None) -> Tensor:
+    """Validated (N, K, D) views with K >= min_views and, once fitted, the fitted D."""
+    t = as_views(views, name)
+    if t.shape[1] < min_views:
+        raise ValueError(f"{name} has K={t.shape[1]} views per sample; this attack needs K >= {min_views}")
+    if dim is not None and t.shape[2] != dim:
+        raise ValueError(f"{name} have D={t.shape[2]}, but the attack was fitted on D={dim}")
+    return t
+
+
+def fit_orientation(member_raw: np.ndarray, nonmember_raw: np.ndarray) -> Tuple[float, float]:
+    """Learn (sign, threshold) of a raw statistic from labelled data.
+
+    sign is +1 when members score higher (AUC >= 0.5), else -1; threshold is the oriented
+    score with the best balanced accuracy ("member" when sign * raw >= threshold).
+    """
+    raw = np.concatenate([member_raw, nonmember_raw]).astype(np.float64)
+    labels = np.concatenate([np.ones(member_raw.size, bool), np.zeros(nonmember_raw.size, bool)])
+    sign = 1.0 if metrics.roc_auc(raw, labels) >= 0.5 else -1.0
+    return sign, best_threshold(sign * raw, labels)
+
+
+def best_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
+    """The threshold t ("member" when score >= t) with the best balanced accuracy."""
+    order = np.unique(scores)[::-1]
+    fpr, tpr = metrics.roc_curve(scores, labels)
+    # ROC point i >= 1 is the threshold order[i - 1]; (0, 0) is "flag nothing".
+    return float(order[int(np.argmax(tpr[1:] - fpr[1:]))])
+
+
+class Attack:
+    """Base class: shared checks, threshold prediction and the JSON envelope."""
+
+    name = "attack"
+    min_views = 1
+
+    def get_params(self) -> dict:
+        raise NotImplementedError
+
+    def _state(self) -> dict:
+        raise NotImplementedError
+
+    def _set_state(self, state: dict) -> None:
+        raise NotImplementedError
+
+    def fit(self, knowledge: AttackerKnowledge) -> "Attack":
+        raise NotImplementedError
+
+    def score(self, views) -> np.ndarray:
+        raise NotImplementedError
+
+    def predict(self, views) -> np.ndarray:
+        """Boolean membership guesses at the threshold learned in fit."""
+        self._check_fitted()
+        return self.score(views) >= self.threshold_
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "dim_"):
+            raise RuntimeError(f"{type(self).__name__} is not fitted; call fit(knowledge) first")
+
+    def _check(self, views, name: str = "views") -> Tensor:
+        self._check_fitted()
+        return check_views(views, name, self.min_views, self.dim_)
+
+    def to_dict(self) -> dict:
+        self._check_fitted()
+        return {"attack": self.name, "params": self.get_params(), "state": self._state()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Attack":
+        if not isinstance(d, dict) or d.get("attack") != cls.name:
+            found = d.get("attack") if isinstance(d, dict) else type(d).__name__
+            raise ValueError(f"not a saved {cls.name!r} attack (found {found!r})")
+        attack = cls(**d["params"])
+        attack._set_state(d["state"])
+        return attack
+
