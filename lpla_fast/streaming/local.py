@@ -1,0 +1,192 @@
+"""The local engine: one process, three stages running at once.
+
+A reader thread reads chunk i+1 (page-faults the memory-mapped rows in, or decodes the
+Parquet row groups; on CUDA, copies them into a pinned host buffer) while the main thread
+scores chunk i with the fused op and a writer thread commits chunk i-1 (part file, then
+manifest). Queues of depth one bound memory to a few chunks whatever the number of rows.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from typing import Dict
+
+from .job import CHUNK_DELAY_ENV, JobPlan, ScoreConfig, finish_job, part_name, plan_job, views_tensor, write_part
+from .shards import ShardError
+
+_DONE = object()
+
+
+class _Stop(Exception):
+    pass
+
+
+def _put(q: queue.Queue, item, stop: threading.Event) -> None:
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return
+        except queue.Full:
+            continue
+    raise _Stop
+
+
+class _PinnedPool:
+    """Pinned host buffers reused across chunks, so host-to-device copies can be asynchronous."""
+
+    def __init__(self, n: int):
+        self.free: queue.Queue = queue.Queue()
+        self.n = n
+
+    def get(self, nbytes: int, stop: threading.Event):
+        import torch
+
+        if self.n > 0:
+            self.n -= 1
+            return torch.empty(nbytes, dtype=torch.uint8).pin_memory()
+        while not stop.is_set():
+            try:
+                buf = self.free.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            return buf if buf.numel() >= nbytes else torch.empty(nbytes, dtype=torch.uint8).pin_memory()
+        raise _Stop
+
+
+def _reader(plan: JobPlan, out: queue.Queue, stop: threading.Event, pool) -> None:
+    try:
+        for shard, chunks in plan.pending():
+            try:
+                for start, stop_row in chunks:
+                    chunk = shard.read(start, stop_row)
+                    shard.prefetch(start, stop_row)
+                    views = views_tensor(chunk)
+                    if pool is not None:
+                        buf = pool.get(views.numel() * views.element_size(), stop)
+                        staged = buf[: views.numel() * views.element_size()].view(views.dtype).view(views.shape)
+                        staged.copy_(views)
+                        views = (staged, buf)
+                    _put(out, (shard, chunk, views), stop)
+            except ShardError as exc:
+                _put(out, (shard, exc, None), stop)
+        _put(out, _DONE, stop)
+    except _Stop:
+        pass
+    except BaseException as exc:  # surfaced by the main thread
+        try:
+            _put(out, exc, stop)
+        except _Stop:
+            pass
+
+
+def _writer(plan: JobPlan, inbox: queue.Queue, errors: list) -> None:
+    while True:
+        item = inbox.get()
+        if item is _DONE:
+            return
+        if errors:
+            continue  # a failed commit stops all later ones; drain
+        try:
+            kind, shard, *rest = item
+            if kind == "part":
+                start, stop, table = rest
+                name = part_name(shard, start, stop)
+                write_part(plan.scores_dir, name, table)
+                plan.manifest.commit_chunk(shard, start, stop, name)
+                plan.manifest.save()
+            else:
+                plan.record_bad(shard, rest[0])
+        except BaseException as exc:
+            errors.append(exc)
+
+
+def _progress(plan: JobPlan):
+    from tqdm import tqdm
+
+    pending = plan.pending()
+    rows = sum(b - a for _, chunks in pending for a, b in chunks)
+    return tqdm(total=rows, unit="rows", unit_scale=True, disable=not plan.config.progress, desc="lpla score")
+
+
+def run_local(config: ScoreConfig) -> Dict[str, object]:
+    """Run a scoring job in this process; resumes what the manifest in config.out lists."""
+    cuda = config.device != "cpu"
+    if cuda:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {config.device}: CUDA is not available on this machine")
+    plan = plan_job(config)
+    delay = float(os.environ.get(CHUNK_DELAY_ENV, "0") or 0)
+    stop = threading.Event()
+    chunks: queue.Queue = queue.Queue(maxsize=1)
+    commits: queue.Queue = queue.Queue(maxsize=2)
+    write_errors: list = []
+    pool = _PinnedPool(3) if cuda else None
+    reader = threading.Thread(target=_reader, args=(plan, chunks, stop, pool), daemon=True, name="lpla-reader")
+    writer = threading.Thread(target=_writer, args=(plan, commits, write_errors), daemon=True, name="lpla-writer")
+    bar = _progress(plan)
+    reader.start()
+    writer.start()
+    t0, nbytes, bad = time.perf_counter(), 0, set()
+    try:
+        while True:
+            item = chunks.get()
+            if item is _DONE:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            shard, chunk, views = item
+            if shard.path in bad:
+                if pool is not None and views is not None:
+                    pool.free.put(views[1])
+                continue
+            if isinstance(chunk, ShardError):
+                _bad_shard(plan, shard.path, chunk, commits, bad)
+                continue
+            try:
+                table = _score(plan, chunk, views, pool, config.device)
+            except ShardError as exc:
+                _bad_shard(plan, shard.path, exc, commits, bad)
+                continue
+            shard.release(chunk.start, chunk.stop)
+            commits.put(("part", shard.path, chunk.start, chunk.stop, table))
+            if write_errors:
+                raise write_errors[0]
+            nbytes += chunk.nbytes
+            bar.update(chunk.stop - chunk.start)
+            bar.set_postfix_str(f"{nbytes / 1e9 / max(time.perf_counter() - t0, 1e-9):.3g} GB/s", refresh=False)
+            if delay:
+                time.sleep(delay)
+    finally:
+        stop.set()
+        commits.put(_DONE)
+        writer.join()
+        bar.close()
+    if write_errors:
+        raise write_errors[0]
+    return finish_job(plan)
+
+
+def _score(plan: JobPlan, chunk, views, pool, device: str):
+    if pool is None:
+        return plan.scorer.score_chunk(chunk)
+    staged, buf = views
+    try:
+        gpu = staged.to(device, non_blocking=True)
+        norms, scores = plan.scorer.scores(gpu)
+        norms, scores = norms.cpu(), scores.cpu()  # synchronizes: the buffer is free again
+    finally:
+        pool.free.put(buf)
+    plan.scorer.check(chunk, norms, scores)
+    return plan.scorer.table(chunk, norms, scores)
+
+
+def _bad_shard(plan: JobPlan, shard: str, exc: ShardError, commits: queue.Queue, bad: set) -> None:
+    if not plan.config.skip_bad_shards:
+        raise exc
+    bad.add(shard)
+    commits.put(("bad", shard, exc.problem))

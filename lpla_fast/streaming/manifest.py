@@ -1,0 +1,113 @@
+"""The job manifest: the one source of truth of what a scoring job has committed.
+
+``OUT/manifest.json`` holds the job's settings (calibration hash, statistic, p, chunk size)
+and, per shard, its size, row count and the chunks whose part files are committed, or the
+reason it was skipped as bad. A part file is committed in two atomic steps: it is written
+to a temporary name and renamed into ``OUT/scores/``, then the manifest (also written to a
+temporary file and renamed) lists it. A kill between the two leaves a part the manifest does
+not list; the rerun writes it again under the same deterministic name, so every row ends up
+in exactly one listed part.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Dict, List, Optional
+
+SCHEMA = "lpla_fast.score_manifest"
+VERSION = 1
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    """Write bytes to path via a temporary file in the same folder and os.replace."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class Manifest:
+    """Committed chunks per shard. `job` is the dict of settings a rerun must match."""
+
+    def __init__(self, path: str, job: dict, shards: Optional[Dict[str, dict]] = None, complete: bool = False):
+        self.path = path
+        self.job = job
+        self.shards: Dict[str, dict] = shards or {}
+        self.complete = complete
+
+    @classmethod
+    def open(cls, path: str, job: dict, overwrite: bool = False) -> "Manifest":
+        """Load the manifest at path (checking it was made by the same job) or start one."""
+        if overwrite or not os.path.exists(path):
+            return cls(path, job)
+        try:
+            with open(path) as f:
+                d = json.load(f)
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"manifest {path} cannot be read ({exc}); use --overwrite to start over") from exc
+        if d.get("schema") != SCHEMA or d.get("version") != VERSION:
+            raise ValueError(f"{path} is not a version-{VERSION} score manifest; use --overwrite to start over")
+        changed = {k: (d["job"].get(k), v) for k, v in job.items() if d["job"].get(k) != v}
+        if changed:
+            diff = "; ".join(f"{k}: was {old!r}, now {new!r}" for k, (old, new) in changed.items())
+            raise ValueError(
+                f"--out already holds a job with other settings ({diff}); "
+                "rerun with the same settings to resume, or pass --overwrite to start over"
+            )
+        return cls(path, d["job"], d.get("shards", {}), bool(d.get("complete", False)))
+
+    def save(self) -> None:
+        d = {"schema": SCHEMA, "version": VERSION, "job": self.job, "complete": self.complete, "shards": self.shards}
+        write_atomic(self.path, json.dumps(d, indent=1, sort_keys=True).encode())
+
+    # --- per shard ------------------------------------------------------------------------
+    def entry(self, shard: str) -> Optional[dict]:
+        return self.shards.get(shard)
+
+    def begin_shard(self, shard: str, n_rows: int, size: int) -> None:
+        """Register a shard; a shard whose file changed since its chunks were committed is refused."""
+        e = self.shards.get(shard)
+        if e is not None and e.get("status") != "bad" and (e["n_rows"], e["size"]) != (n_rows, size):
+            raise ValueError(
+                f"shard {shard} changed since it was partly scored (rows {e['n_rows']} -> {n_rows}, "
+                f"bytes {e['size']} -> {size}); pass --overwrite to start over"
+            )
+        if e is None or e.get("status") == "bad":
+            self.shards[shard] = {"status": "pending", "n_rows": n_rows, "size": size, "parts": {}}
+
+    def done_starts(self, shard: str) -> set:
+        e = self.shards.get(shard)
+        return set() if e is None or e.get("status") == "bad" else {int(s) for s in e["parts"]}
+
+    def commit_chunk(self, shard: str, start: int, stop: int, part: str) -> None:
+        e = self.shards[shard]
+        e["parts"][str(start)] = [stop, part]
+        if sum(stop - int(s) for s, (stop, _) in e["parts"].items()) == e["n_rows"]:
+            e["status"] = "done"
+
+    def mark_bad(self, shard: str, reason: str) -> List[str]:
+        """Record a bad shard; returns the part files it had committed (to be deleted)."""
+        old = self.shards.get(shard) or {}
+        parts = [part for _, part in old.get("parts", {}).values()]
+        self.shards[shard] = {"status": "bad", "reason": reason}
+        return parts
+
+    def is_done(self, shard: str) -> bool:
+        e = self.shards.get(shard)
+        return e is not None and e.get("status") == "done"
+
+    def part_files(self) -> List[str]:
+        return sorted(part for e in self.shards.values() for _, part in e.get("parts", {}).values())
+
+    def bad_shards(self) -> Dict[str, str]:
+        return {s: e["reason"] for s, e in self.shards.items() if e.get("status") == "bad"}
