@@ -22,3 +22,7 @@
 #endif
 
 #include "cpu/kernels.h"
+
+// The 32-byte vector types of simd.h are passed by value only between inline functions of
+// one file, so GCC's note that their ABI differs without AVX does not apply.
+#pragma GCC diagnostic ignored "-Wpsabi"
