@@ -123,14 +123,25 @@ def test_lp_norm_hypothesis(n, d, p, dtype, scale, seed):
     assert_close(lpla_fast.lp_norm(x, p), reference.lp_norm(x, p), dtype)
 
 
-def test_lp_norm_baseline_build_agrees(monkeypatch):
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+def test_baseline_cpu_build_agrees(monkeypatch, dtype):
     """The portable (non-AVX2) build of the CPU kernels gives the same results."""
-    x = random_rows(5, 123, torch.float16, seed=6)
-    fast = {p: lpla_fast.lp_norm(x, p) for p in P_VALUES}
+    x = random_rows(5, 123, dtype, seed=6)
+    views = random_views(4, 3, 37, dtype, seed=6)
+    fmap = random_fmap(2, 19, 3, 5, dtype, channels_last=True, seed=6)
+
+    def run_all():
+        out = [lpla_fast.lp_norm(x, p) for p in P_VALUES]
+        out += list(lpla_fast.pooled_lp_norm(fmap, 3.0)) + list(lpla_fast.pooled_lp_norm(fmap.contiguous(), 1.5))
+        out += list(lpla_fast.lpla_score(views, 2.5, 1.0, 0.5, 1.5, 0.7)) + [lpla_fast.view_cosine(views)]
+        return out
+
+    fast = run_all()
     monkeypatch.setenv("LPLA_CPU_ISA", "baseline")
-    for p in P_VALUES:
-        assert_close(lpla_fast.lp_norm(x, p), fast[p], torch.float16)
-        assert_close(lpla_fast.lp_norm(x, p), reference.lp_norm(x, p), torch.float16)
+    for got, want in zip(run_all(), fast):
+        assert_close(got, want, dtype)
+    for p, got in zip(P_VALUES, run_all()):
+        assert_close(got, reference.lp_norm(x, p), dtype)
 
 
 # --- pooled_lp_norm ------------------------------------------------------------------------------

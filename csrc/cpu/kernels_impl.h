@@ -266,7 +266,7 @@ namespace {
 template <class T>
 inline double plane_sum(const T* x, int64_t n) {
   if constexpr (!std::is_same_v<T, double>) {
-    const double s = sum_float_terms(x, n, [](f32x8 v) { return v; });
+    const double s = n < 256 ? short_row_sum(x, n) : sum_float_terms(x, n, [](f32x8 v) { return v; });
     if (std::isfinite(s)) return s;
   }
   return sum_terms(x, n, Identity{});
@@ -287,9 +287,14 @@ void pool_sums(const at::Tensor& fmap, double* acc) {
   if (planes_contiguous) {
     // NCHW: each (n, c) plane is H*W contiguous elements.
     at::parallel_for(0, N * C, grain_rows(HW), [&](int64_t begin, int64_t end) {
+      // Walk (n, c) incrementally: a division per 49-element plane would cost as much as its sum.
+      int64_t n = begin / C, c = begin % C;
       for (int64_t i = begin; i < end; ++i) {
-        const T* plane = base + (i / C) * sN + (i % C) * sC;
-        acc[i] = plane_sum(plane, HW);
+        acc[i] = plane_sum(base + n * sN + c * sC, HW);
+        if (++c == C) {
+          c = 0;
+          ++n;
+        }
       }
     });
   } else if (channels_contiguous) {

@@ -167,6 +167,26 @@ inline double sum_float_terms(const T* x, int64_t n, Term term) {
   return hsum((d0 + d1) + (d2 + d3));
 }
 
+// sum_i x_i of a short row (a pooling plane such as 7x7) in float: no zero-padded block
+// copy and no flushes, whose fixed costs would dominate a few dozen elements.
+template <class T>
+inline double short_row_sum(const T* x, int64_t n) {
+  f32x8 a{}, b{};
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    a += load8(x + i);
+    b += load8(x + i + 8);
+  }
+  if (i + 8 <= n) {
+    a += load8(x + i);
+    i += 8;
+  }
+  a += b;
+  float tail = 0.0f;
+  for (; i < n; ++i) tail += load1(x, i);
+  return hsum(widen_low(a) + widen_high(a)) + tail;
+}
+
 // max_i |x_i|, NaN when the row holds a NaN. The max itself ignores NaN (like vmaxps), so
 // a second vector sums |x|*0, which turns NaN when a NaN or an Inf passes; only then is
 // the row scanned again for NaN.
