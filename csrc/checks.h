@@ -22,6 +22,11 @@ inline void check_dim(const at::Tensor& t, const char* name, int64_t dim, const 
               "-D with shape ", t.sizes());
 }
 
+inline void check_min_dim(const at::Tensor& t, const char* name, int64_t min_dim, const char* layout) {
+  TORCH_CHECK(t.dim() >= min_dim, name, " must have at least ", min_dim, " dim ", layout, ", got ", t.dim(),
+              "-D with shape ", t.sizes());
+}
+
 inline void check_std(double std, const char* name) {
   TORCH_CHECK(std::isfinite(std) && std > 0.0, name, " must be finite and > 0, got ", name, "=", std);
 }

@@ -6,6 +6,9 @@ with it to within each dtype's tolerance.
 NaN / Inf policy: a row containing NaN gets a NaN norm; a row with an infinite value (and
 no NaN) gets an infinite norm. A view whose statistic is not finite (NaN, Inf, or log 0)
 gives a NaN score to its own sample. No row ever affects another row's result.
+
+The CPU kernels are compiled twice, for any x86-64 CPU and for AVX2 + FMA + F16C, and the
+best build the CPU supports runs; LPLA_CPU_ISA=baseline forces the portable one.
 """
 
 from __future__ import annotations

@@ -71,4 +71,4 @@ def view_cosine(views: Tensor) -> Tensor:
     unit = v / torch.linalg.vector_norm(v, dim=-1, keepdim=True).clamp_min(COSINE_EPS)
     gram = unit @ unit.transpose(1, 2)
     i, j = torch.triu_indices(k, k, offset=1)
-    return gram[:, i, j].reshape(n, -1)
+    return gram[:, i, j].reshape(n, i.numel())

@@ -1,28 +1,43 @@
-// CPU kernels of the lpla_fast ops (provisional: ATen composites in float64; the fused,
-// vectorized kernels replace them).
+// CPU registrations of the lpla_fast ops: argument checks, then the kernels built for the
+// best instruction set the running CPU supports (see kernels.h).
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <cstdlib>
+#include <cstring>
+
 #include "checks.h"
+#include "cpu/kernels.h"
 
 namespace lpla_fast {
 namespace {
 
+// AVX2 + FMA + F16C when the CPU has them, unless LPLA_CPU_ISA=baseline asks for the
+// portable build (read on each call so that tests can compare both builds).
+bool use_avx2() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  static const bool supported =
+      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+  const char* forced = std::getenv("LPLA_CPU_ISA");
+  return supported && !(forced && std::strcmp(forced, "baseline") == 0);
+#else
+  return false;
+#endif
+}
+
 at::Tensor lp_norm_cpu(const at::Tensor& x, double p) {
   check_floating(x, "x");
+  check_min_dim(x, "x", 1, "(..., D)");
   check_p(p);
-  TORCH_CHECK(x.dim() >= 1, "x must have at least 1 dim (..., D), got a 0-D tensor");
-  return at::linalg_vector_norm(x.to(at::kDouble), p, at::IntArrayRef{-1}, false).to(result_dtype(x));
+  return use_avx2() ? cpu_avx2::lp_norm(x, p) : cpu_baseline::lp_norm(x, p);
 }
 
 std::tuple<at::Tensor, at::Tensor> pooled_lp_norm_cpu(const at::Tensor& fmap, double p, bool return_pooled) {
   check_floating(fmap, "fmap");
   check_dim(fmap, "fmap", 4, "(N, C, H, W)");
   check_p(p);
-  auto pooled = fmap.to(at::kDouble).mean({2, 3});
-  auto norms = at::linalg_vector_norm(pooled, p, at::IntArrayRef{-1}, false).to(result_dtype(fmap));
-  auto pooled_out = return_pooled ? pooled.to(result_dtype(fmap)) : at::empty({0}, fmap.options().dtype(result_dtype(fmap)));
-  return {pooled_out, norms};
+  return use_avx2() ? cpu_avx2::pooled_lp_norm(fmap, p, return_pooled)
+                    : cpu_baseline::pooled_lp_norm(fmap, p, return_pooled);
 }
 
 std::tuple<at::Tensor, at::Tensor> lpla_score_cpu(const at::Tensor& views, double p, double mean_in, double std_in,
@@ -34,24 +49,14 @@ std::tuple<at::Tensor, at::Tensor> lpla_score_cpu(const at::Tensor& views, doubl
   check_finite_param(mean_out, "mean_out");
   check_std(std_in, "std_in");
   check_std(std_out, "std_out");
-  auto s = at::linalg_vector_norm(views.to(at::kDouble), p, at::IntArrayRef{-1}, false);
-  auto stat = log_space ? s.log() : s;
-  auto zin = (stat - mean_in) / std_in;
-  auto zout = (stat - mean_out) / std_out;
-  auto llr = -0.5 * zin * zin + 0.5 * zout * zout - (std::log(std_in) - std::log(std_out));
-  llr = at::where(stat.isfinite(), llr, at::full({}, NAN, llr.options()));
-  return {s.to(result_dtype(views)), llr.sum(-1).to(result_dtype(views))};
+  return use_avx2() ? cpu_avx2::lpla_score(views, p, mean_in, std_in, mean_out, std_out, log_space)
+                    : cpu_baseline::lpla_score(views, p, mean_in, std_in, mean_out, std_out, log_space);
 }
 
 at::Tensor view_cosine_cpu(const at::Tensor& views) {
   check_floating(views, "views");
   check_dim(views, "views", 3, "(N, K, D)");
-  auto v = views.to(at::kDouble);
-  auto unit = v / at::linalg_vector_norm(v, 2, at::IntArrayRef{-1}, true).clamp_min(1e-12);
-  auto gram = at::matmul(unit, unit.transpose(1, 2));
-  const int64_t K = views.size(1);
-  auto idx = at::triu_indices(K, K, 1, v.options().dtype(at::kLong));
-  return gram.index({at::indexing::Slice(), idx[0], idx[1]}).to(result_dtype(views));
+  return use_avx2() ? cpu_avx2::view_cosine(views) : cpu_baseline::view_cosine(views);
 }
 
 }  // namespace

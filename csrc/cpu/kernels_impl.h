@@ -1,0 +1,471 @@
+// CPU kernels of the lpla_fast ops, written once and compiled per instruction set.
+//
+// The including file defines LPLA_ISA (the namespace, e.g. cpu_avx2) and includes
+// kernels_prelude.h before this file, so that a `#pragma GCC target` placed in between
+// applies to these kernels only, never to torch's inline functions.
+//
+// Rows are reduced with the vector primitives of simd.h. Float, half and bfloat16 rows
+// sum their terms in float blocks moved to double every 256 elements; a sum that may have
+// over- or underflowed in float is recomputed in double, where |x|^4 of any float is a
+// normal number. Double rows are rescaled by max|x| (as BLAS nrm2 does) when needed, and
+// non-integer p always works on |x| / max|x| in [0, 1].
+
+#ifndef LPLA_ISA
+#error "define LPLA_ISA before including kernels_impl.h"
+#endif
+
+namespace lpla_fast {
+namespace LPLA_ISA {
+namespace {
+
+// Elements per parallel task: big enough to amortize scheduling, small enough to balance.
+constexpr int64_t kGrainElements = int64_t(1) << 15;
+
+int64_t grain_rows(int64_t row_elements) {
+  return std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, row_elements));
+}
+
+#include "cpu/simd.h"
+
+// ---------------------------------------------------------------------------------------
+// The Lp-norm of one contiguous row.
+
+enum class PKind { One, Two, Three, Four, Inf, HalfInteger, General };
+
+inline bool is_small_integer(PKind kind) {
+  return kind == PKind::One || kind == PKind::Two || kind == PKind::Three || kind == PKind::Four;
+}
+
+struct NormSpec {
+  PKind kind;
+  double p;
+  double inv_p;
+  float p_float;
+  int whole = 0;  // floor(p) for the half-integer p = whole + 1/2 < 4
+
+  explicit NormSpec(double p_) : p(p_), inv_p(1.0 / p_), p_float(static_cast<float>(p_)) {
+    if (std::isinf(p_)) kind = PKind::Inf;
+    else if (p_ == 1.0) kind = PKind::One;
+    else if (p_ == 2.0) kind = PKind::Two;
+    else if (p_ == 3.0) kind = PKind::Three;
+    else if (p_ == 4.0) kind = PKind::Four;
+    else if (p_ < 4.0 && p_ * 2.0 == std::floor(p_ * 2.0)) {
+      kind = PKind::HalfInteger;
+      whole = static_cast<int>(p_);
+    } else kind = PKind::General;
+  }
+};
+
+inline double power_sum_int(PKind kind, double s) {
+  switch (kind) {
+    case PKind::One: return s;
+    case PKind::Two: return std::sqrt(s);
+    case PKind::Three: return std::cbrt(s);
+    default: return std::sqrt(std::sqrt(s));
+  }
+}
+
+// sum |a_i|^k for k in {1, 2, 3, 4}, where a = prep(x) in double.
+template <class T, class Prep>
+inline double int_power_sum(const T* x, int64_t n, PKind kind, Prep prep) {
+  switch (kind) {
+    case PKind::One:
+      return sum_terms(x, n, [prep](f64x4 v) { return vabs(prep(v)); });
+    case PKind::Two:
+      return sum_terms(x, n, [prep](f64x4 v) {
+        const f64x4 a = prep(v);
+        return a * a;
+      });
+    case PKind::Three:
+      return sum_terms(x, n, [prep](f64x4 v) {
+        const f64x4 a = vabs(prep(v));
+        return a * a * a;
+      });
+    default:
+      return sum_terms(x, n, [prep](f64x4 v) {
+        const f64x4 a = prep(v);
+        const f64x4 a2 = a * a;
+        return a2 * a2;
+      });
+  }
+}
+
+struct Identity {
+  f64x4 operator()(f64x4 v) const { return v; }
+};
+
+// sum |x_i|^k for k in {1, 2, 3, 4} with the terms in float.
+template <class T>
+inline double float_power_sum(const T* x, int64_t n, PKind kind) {
+  switch (kind) {
+    case PKind::One:
+      return sum_float_terms(x, n, [](f32x8 v) { return vabs(v); });
+    case PKind::Two:
+      return sum_float_terms(x, n, [](f32x8 v) { return v * v; });
+    case PKind::Three:
+      return sum_float_terms(x, n, [](f32x8 v) {
+        const f32x8 a = vabs(v);
+        return a * a * a;
+      });
+    default:
+      return sum_float_terms(x, n, [](f32x8 v) {
+        const f32x8 a2 = v * v;
+        return a2 * a2;
+      });
+  }
+}
+
+// Smallest sum of float terms trusted: below it, terms may have lost bits to float
+// underflow (the tolerated loss is < 1e-25 * D relative).
+constexpr double kFloatSafeSum = 1e-20;
+
+// float, half and bfloat16 rows. Integer p: terms in float, and if they over- or
+// underflowed (or the row is zero, NaN or Inf) once more in double, where |x|^4 of any
+// float is a normal number. Other p: exp2/log2 in float on |x| / max|x|.
+template <class T>
+double row_norm(const T* x, int64_t n, const NormSpec& spec) {
+  if (spec.kind == PKind::Inf) return abs_max(x, n);
+  if (is_small_integer(spec.kind)) {
+    const double s = float_power_sum(x, n, spec.kind);
+    if (s >= kFloatSafeSum && s <= DBL_MAX) return power_sum_int(spec.kind, s);
+    return power_sum_int(spec.kind, int_power_sum(x, n, spec.kind, Identity{}));
+  }
+  const float m = abs_max(x, n);
+  if (!(m > 0.0f) || std::isinf(m)) return m;  // NaN, all zeros, or Inf
+  // A subnormal max would overflow 1/max: lift the row by 2^126 first (exact).
+  const float lift = m < FLT_MIN ? 0x1p126f : 1.0f;
+  const float inv = 1.0f / (m * lift);
+  const float p = spec.p_float;
+  double s;
+  if (spec.kind == PKind::HalfInteger) {
+    // r^(k + 1/2) = r^k sqrt(r): one sqrt instead of exp2 and log2.
+    const int k = spec.whole;
+    s = sum_float_terms(x, n, [=](f32x8 v) {
+      const f32x8 r = vabs(v) * lift * inv;
+      const f32x8 rk = k == 0 ? splat8(1.0f) : k == 1 ? r : k == 2 ? r * r : r * r * r;
+      return rk * vsqrt(r);
+    });
+  } else {
+    s = sum_float_terms(x, n, [=](f32x8 v) { return pow_unit(vabs(v) * lift * inv, p); });
+  }
+  return static_cast<double>(m) * std::pow(s, spec.inv_p);
+}
+
+// Smallest sum of |x|^k trusted without rescaling: below it, terms may have lost bits to
+// double underflow.
+constexpr double kSafeSum = 1e-250;
+
+// double rows: try the unscaled sum and rescale only when it over- or underflowed (or
+// the row is zero, NaN or Inf); generic p always rescales and calls pow per element.
+template <>
+double row_norm<double>(const double* x, int64_t n, const NormSpec& spec) {
+  if (spec.kind == PKind::Inf) return abs_max(x, n);
+  if (is_small_integer(spec.kind)) {
+    const double s = int_power_sum(x, n, spec.kind, Identity{});
+    if (s >= kSafeSum && s <= DBL_MAX) return power_sum_int(spec.kind, s);
+  }
+  const double m = abs_max(x, n);
+  if (!(m > 0.0) || std::isinf(m)) return m;
+  if (is_small_integer(spec.kind)) {
+    // Divide rather than multiply by 1/max, which overflows for a subnormal max.
+    return m * power_sum_int(spec.kind, int_power_sum(x, n, spec.kind, [m](f64x4 v) { return v / m; }));
+  }
+  double s = 0.0;
+  for (int64_t i = 0; i < n; ++i) s += std::pow(std::fabs(x[i]) / m, spec.p);
+  return m * std::pow(s, spec.inv_p);
+}
+
+// ---------------------------------------------------------------------------------------
+// Row iteration over (..., D) tensors with any strides.
+
+// Element offsets of the rows of a (..., D) tensor, in row-major order of the leading
+// dims (coalesced where the strides allow, so the common case is one multiply).
+struct RowLayout {
+  int64_t count = 1;
+  int64_t length = 0;
+  int64_t step = 1;  // stride between the elements of a row
+  std::vector<int64_t> sizes, strides;
+
+  explicit RowLayout(const at::Tensor& x) {
+    const int64_t d = x.dim();
+    length = x.size(d - 1);
+    step = x.stride(d - 1);
+    for (int64_t i = 0; i < d - 1; ++i) {
+      count *= x.size(i);
+      if (x.size(i) == 1) continue;
+      if (!sizes.empty() && strides.back() == x.stride(i) * x.size(i)) {
+        sizes.back() *= x.size(i);
+        strides.back() = x.stride(i);
+      } else {
+        sizes.push_back(x.size(i));
+        strides.push_back(x.stride(i));
+      }
+    }
+    if (sizes.empty()) {
+      sizes.push_back(1);
+      strides.push_back(0);
+    }
+  }
+
+  int64_t offset(int64_t row) const {
+    if (sizes.size() == 1) return row * strides[0];
+    int64_t off = 0;
+    for (int64_t d = static_cast<int64_t>(sizes.size()) - 1; d >= 0; --d) {
+      off += (row % sizes[d]) * strides[d];
+      row /= sizes[d];
+    }
+    return off;
+  }
+};
+
+// A contiguous copy of a strided row in `buffer`, or the row itself when contiguous.
+template <class T>
+inline const T* contiguous_row(const T* row, int64_t n, int64_t step, std::vector<T>& buffer) {
+  if (step == 1 || n <= 1) return row;
+  buffer.resize(n);
+  for (int64_t i = 0; i < n; ++i) buffer[i] = row[i * step];
+  return buffer.data();
+}
+
+template <class T>
+using out_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
+
+// ---------------------------------------------------------------------------------------
+// Ops.
+
+template <class T>
+void lp_norm_rows(const at::Tensor& x, double p, at::Tensor& out) {
+  const RowLayout rows(x);
+  const NormSpec spec(p);
+  const T* base = x.const_data_ptr<T>();
+  auto* dst = out.mutable_data_ptr<out_t<T>>();
+  at::parallel_for(0, rows.count, grain_rows(rows.length), [&](int64_t begin, int64_t end) {
+    std::vector<T> buffer;
+    for (int64_t r = begin; r < end; ++r) {
+      const T* row = contiguous_row(base + rows.offset(r), rows.length, rows.step, buffer);
+      dst[r] = static_cast<out_t<T>>(row_norm(row, rows.length, spec));
+    }
+  });
+}
+
+}  // namespace
+
+at::Tensor lp_norm(const at::Tensor& x, double p) {
+  const auto out_dtype = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  auto out = at::empty(x.sizes().slice(0, x.dim() - 1), x.options().dtype(out_dtype));
+  if (out.numel() == 0) return out;
+  if (x.size(-1) == 0) return out.zero_();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lp_norm_cpu",
+                                  [&] { lp_norm_rows<scalar_t>(x, p, out); });
+  return out;
+}
+
+namespace {
+
+// sum of a contiguous plane: in float blocks, once more in double if that overflowed.
+template <class T>
+inline double plane_sum(const T* x, int64_t n) {
+  if constexpr (!std::is_same_v<T, double>) {
+    const double s = n < 256 ? short_row_sum(x, n) : sum_float_terms(x, n, [](f32x8 v) { return v; });
+    if (std::isfinite(s)) return s;
+  }
+  return sum_terms(x, n, Identity{});
+}
+
+template <class T>
+using partial_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
+
+// Plane sums of fmap (N, C, H, W) into acc (N*C) doubles.
+template <class T>
+void pool_sums(const at::Tensor& fmap, double* acc) {
+  const int64_t N = fmap.size(0), C = fmap.size(1), H = fmap.size(2), W = fmap.size(3);
+  const int64_t sN = fmap.stride(0), sC = fmap.stride(1), sH = fmap.stride(2), sW = fmap.stride(3);
+  const int64_t HW = H * W;
+  const T* base = fmap.const_data_ptr<T>();
+  const bool planes_contiguous = (W == 1 || sW == 1) && (H == 1 || sH == W);
+  const bool channels_contiguous = C == 1 || sC == 1;
+  if (planes_contiguous) {
+    // NCHW: each (n, c) plane is H*W contiguous elements.
+    at::parallel_for(0, N * C, grain_rows(HW), [&](int64_t begin, int64_t end) {
+      // Walk (n, c) incrementally: a division per 49-element plane would cost as much as its sum.
+      int64_t n = begin / C, c = begin % C;
+      for (int64_t i = begin; i < end; ++i) {
+        acc[i] = plane_sum(base + n * sN + c * sC, HW);
+        if (++c == C) {
+          c = 0;
+          ++n;
+        }
+      }
+    });
+  } else if (channels_contiguous) {
+    // channels_last: add the C-vector of every (h, w) position into the sample's sums,
+    // in float for 16 positions at a time (exact enough, and no conversions per element).
+    at::parallel_for(0, N, grain_rows(C * HW), [&](int64_t begin, int64_t end) {
+      std::vector<partial_t<T>> partial(C);
+      for (int64_t n = begin; n < end; ++n) {
+        double* sums = acc + n * C;
+        std::fill(sums, sums + C, 0.0);
+        int64_t pending = 0;
+        auto flush = [&] {
+          for (int64_t c = 0; c < C; ++c) sums[c] += static_cast<double>(partial[c]);
+          std::fill(partial.begin(), partial.end(), partial_t<T>(0));
+          pending = 0;
+        };
+        flush();
+        for (int64_t h = 0; h < H; ++h)
+          for (int64_t w = 0; w < W; ++w) {
+            accumulate_row(base + n * sN + h * sH + w * sW, C, partial.data());
+            if (++pending == 16) flush();
+          }
+        flush();
+        if (!std::all_of(sums, sums + C, [](double v) { return std::isfinite(v); })) {
+          // Float partial sums overflowed (or the sample holds NaN / Inf): redo in double.
+          std::fill(sums, sums + C, 0.0);
+          for (int64_t h = 0; h < H; ++h)
+            for (int64_t w = 0; w < W; ++w)
+              for (int64_t c = 0; c < C; ++c)
+                sums[c] += static_cast<double>(load1(base + n * sN + h * sH + w * sW, c));
+        }
+      }
+    });
+  } else {
+    // Any other layout: one contiguous copy, then the NCHW path.
+    pool_sums<T>(fmap.contiguous(), acc);
+  }
+}
+
+template <class T>
+void pooled_norms(const at::Tensor& fmap, double p, bool return_pooled, at::Tensor& pooled, at::Tensor& norms) {
+  const int64_t N = fmap.size(0), C = fmap.size(1);
+  const double inv_area = 1.0 / static_cast<double>(fmap.size(2) * fmap.size(3));
+  auto sums = at::empty({N, C}, fmap.options().dtype(at::kDouble));
+  double* mean = sums.mutable_data_ptr<double>();
+  pool_sums<T>(fmap, mean);
+  const NormSpec spec(p);
+  auto* norm_dst = norms.mutable_data_ptr<out_t<T>>();
+  auto* pooled_dst = return_pooled ? pooled.mutable_data_ptr<out_t<T>>() : nullptr;
+  at::parallel_for(0, N, grain_rows(C), [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n) {
+      double* row = mean + n * C;
+      for (int64_t c = 0; c < C; ++c) row[c] *= inv_area;
+      norm_dst[n] = static_cast<out_t<T>>(C == 0 ? 0.0 : row_norm(row, C, spec));
+      if (pooled_dst)
+        for (int64_t c = 0; c < C; ++c) pooled_dst[n * C + c] = static_cast<out_t<T>>(row[c]);
+    }
+  });
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> pooled_lp_norm(const at::Tensor& fmap, double p, bool return_pooled) {
+  const auto out_dtype = fmap.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto opts = fmap.options().dtype(out_dtype);
+  const int64_t N = fmap.size(0), C = fmap.size(1);
+  auto pooled = return_pooled ? at::empty({N, C}, opts) : at::empty({0}, opts);
+  auto norms = at::empty({N}, opts);
+  if (N == 0) return {pooled, norms};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, fmap.scalar_type(), "pooled_lp_norm_cpu",
+                                  [&] { pooled_norms<scalar_t>(fmap, p, return_pooled, pooled, norms); });
+  return {pooled, norms};
+}
+
+namespace {
+
+// log N(t; mean_in, std_in^2) - log N(t; mean_out, std_out^2), NaN for a non-finite t.
+struct GaussianLogRatio {
+  double mean_in, inv_std_in, mean_out, inv_std_out, log_std_ratio;
+
+  double operator()(double t) const {
+    if (!std::isfinite(t)) return std::numeric_limits<double>::quiet_NaN();
+    const double zin = (t - mean_in) * inv_std_in;
+    const double zout = (t - mean_out) * inv_std_out;
+    return 0.5 * (zout * zout - zin * zin) + log_std_ratio;
+  }
+};
+
+template <class T>
+void score_rows(const at::Tensor& views, const NormSpec& spec, const GaussianLogRatio& llr, bool log_space,
+                at::Tensor& norms, at::Tensor& scores) {
+  const int64_t N = views.size(0), K = views.size(1), D = views.size(2);
+  const int64_t sN = views.stride(0), sK = views.stride(1), sD = views.stride(2);
+  const T* base = views.const_data_ptr<T>();
+  auto* norm_dst = norms.mutable_data_ptr<out_t<T>>();
+  auto* score_dst = scores.mutable_data_ptr<out_t<T>>();
+  at::parallel_for(0, N, grain_rows(K * D), [&](int64_t begin, int64_t end) {
+    std::vector<T> buffer;
+    for (int64_t n = begin; n < end; ++n) {
+      double total = 0.0;
+      for (int64_t k = 0; k < K; ++k) {
+        const T* row = contiguous_row(base + n * sN + k * sK, D, sD, buffer);
+        const double s = D == 0 ? 0.0 : row_norm(row, D, spec);
+        norm_dst[n * K + k] = static_cast<out_t<T>>(s);
+        total += llr(log_space ? std::log(s) : s);
+      }
+      score_dst[n] = static_cast<out_t<T>>(total);
+    }
+  });
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> lpla_score(const at::Tensor& views, double p, double mean_in, double std_in,
+                                              double mean_out, double std_out, bool log_space) {
+  const auto out_dtype = views.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto opts = views.options().dtype(out_dtype);
+  auto norms = at::empty({views.size(0), views.size(1)}, opts);
+  auto scores = at::empty({views.size(0)}, opts);
+  if (views.size(0) == 0) return {norms, scores};
+  const GaussianLogRatio llr{mean_in, 1.0 / std_in, mean_out, 1.0 / std_out, std::log(std_out) - std::log(std_in)};
+  const NormSpec spec(p);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, views.scalar_type(), "lpla_score_cpu",
+                                  [&] { score_rows<scalar_t>(views, spec, llr, log_space, norms, scores); });
+  return {norms, scores};
+}
+
+namespace {
+
+constexpr double kCosineEps = 1e-12;
+
+template <class T>
+void cosine_rows(const at::Tensor& views, at::Tensor& out) {
+  const int64_t N = views.size(0), K = views.size(1), D = views.size(2);
+  const int64_t sN = views.stride(0), sK = views.stride(1), sD = views.stride(2);
+  const int64_t pairs = K * (K - 1) / 2;
+  const T* base = views.const_data_ptr<T>();
+  auto* dst = out.mutable_data_ptr<out_t<T>>();
+  at::parallel_for(0, N, grain_rows(K * K * D / 2 + 1), [&](int64_t begin, int64_t end) {
+    // The sample's K views in double (a few KB: stays in L1 for the K^2/2 dot products).
+    std::vector<double> v(K * D);
+    std::vector<double> inv_norm(K);
+    for (int64_t n = begin; n < end; ++n) {
+      for (int64_t k = 0; k < K; ++k) {
+        const T* row = base + n * sN + k * sK;
+        double* dst_row = v.data() + k * D;
+        if (sD == 1)
+          widen_row(row, D, dst_row);
+        else
+          for (int64_t i = 0; i < D; ++i) dst_row[i] = static_cast<double>(load1(row, i * sD));
+        inv_norm[k] = 1.0 / std::max(std::sqrt(dot(dst_row, dst_row, D)), kCosineEps);
+      }
+      auto* out_row = dst + n * pairs;
+      for (int64_t i = 0, idx = 0; i < K; ++i)
+        for (int64_t j = i + 1; j < K; ++j, ++idx)
+          out_row[idx] = static_cast<out_t<T>>(dot(v.data() + i * D, v.data() + j * D, D) * inv_norm[i] * inv_norm[j]);
+    }
+  });
+}
+
+}  // namespace
+
+at::Tensor view_cosine(const at::Tensor& views) {
+  const auto out_dtype = views.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const int64_t K = views.size(1);
+  auto out = at::empty({views.size(0), K * (K - 1) / 2}, views.options().dtype(out_dtype));
+  if (out.numel() == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, views.scalar_type(), "view_cosine_cpu",
+                                  [&] { cosine_rows<scalar_t>(views, out); });
+  return out;
+}
+
+}  // namespace LPLA_ISA
+}  // namespace lpla_fast

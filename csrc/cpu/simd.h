@@ -1,0 +1,349 @@
+// Vectorized row primitives of the CPU kernels, on GCC/Clang vector extensions.
+//
+// Included by kernels_impl.h inside its per-instruction-set namespace (so no includes
+// here). A row is processed in blocks of 16 elements: read as float (half and bfloat16
+// converted on load; double stays double), mapped to the terms of the reduction and
+// summed in four independent double vectors. The last partial block is zero-padded, and
+// every term used here maps 0 to 0. With AVX2 each 8-float vector is one register; the
+// baseline build splits it into two SSE registers.
+
+typedef float f32x8 __attribute__((vector_size(32)));
+typedef float f32x4 __attribute__((vector_size(16)));
+typedef double f64x4 __attribute__((vector_size(32)));
+typedef int32_t i32x8 __attribute__((vector_size(32)));
+typedef uint32_t u32x8 __attribute__((vector_size(32)));
+typedef int64_t i64x4 __attribute__((vector_size(32)));
+typedef uint16_t u16x8 __attribute__((vector_size(16)));
+typedef uint16_t u16x16 __attribute__((vector_size(32)));
+
+constexpr int64_t kBlock = 16;
+
+inline f32x8 splat8(float v) { return f32x8{} + v; }
+inline f64x4 splat4(double v) { return f64x4{} + v; }
+
+// --- loads -------------------------------------------------------------------------------
+
+inline f32x8 load8(const float* x) {
+  f32x8 v;
+  std::memcpy(&v, x, sizeof v);
+  return v;
+}
+inline f32x8 load8(const c10::Half* x) {
+#if defined(LPLA_X86_AVX2)
+  return (f32x8)_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x)));
+#else
+  // Bit conversion that vectorizes without F16C: shifting exponent and mantissa into
+  // place and multiplying by 2^112 re-biases normal and subnormal halves exactly.
+  u16x8 h;
+  std::memcpy(&h, x, sizeof h);
+  const u32x8 bits = __builtin_convertvector(h, u32x8);
+  const u32x8 body = (bits & 0x7fffu) << 13;
+  const f32x8 finite = reinterpret_cast<f32x8>(body) * 0x1p112f;
+  const f32x8 special = reinterpret_cast<f32x8>(body | 0x7f800000u);  // Inf and NaN
+  const f32x8 magnitude = body >= (0x7c00u << 13) ? special : finite;
+  return reinterpret_cast<f32x8>(reinterpret_cast<u32x8>(magnitude) | ((bits & 0x8000u) << 16));
+#endif
+}
+inline f32x8 load8(const c10::BFloat16* x) {
+  u16x8 h;
+  std::memcpy(&h, x, sizeof h);
+  return reinterpret_cast<f32x8>(__builtin_convertvector(h, u32x8) << 16);
+}
+// 16 consecutive elements as two float vectors, in an order that only reductions may use:
+// bfloat16 is widened by interleaving zeros within each 128-bit lane (no lane crossing).
+inline void load16(const float* x, f32x8& a, f32x8& b) {
+  a = load8(x);
+  b = load8(x + 8);
+}
+inline void load16(const c10::Half* x, f32x8& a, f32x8& b) {
+  a = load8(x);
+  b = load8(x + 8);
+}
+inline void load16(const c10::BFloat16* x, f32x8& a, f32x8& b) {
+  u16x16 v;
+  std::memcpy(&v, x, sizeof v);
+  const u16x16 z{};
+  a = reinterpret_cast<f32x8>(__builtin_shufflevector(z, v, 0, 16, 1, 17, 2, 18, 3, 19, 8, 24, 9, 25, 10, 26, 11, 27));
+  b = reinterpret_cast<f32x8>(__builtin_shufflevector(z, v, 4, 20, 5, 21, 6, 22, 7, 23, 12, 28, 13, 29, 14, 30, 15, 31));
+}
+
+inline f64x4 load4(const double* x) {
+  f64x4 v;
+  std::memcpy(&v, x, sizeof v);
+  return v;
+}
+
+inline f64x4 load4_widened(const float* x) {
+  f32x4 v;
+  std::memcpy(&v, x, sizeof v);
+  return __builtin_convertvector(v, f64x4);
+}
+
+inline f64x4 widen_low(f32x8 v) { return __builtin_convertvector(__builtin_shufflevector(v, v, 0, 1, 2, 3), f64x4); }
+inline f64x4 widen_high(f32x8 v) { return __builtin_convertvector(__builtin_shufflevector(v, v, 4, 5, 6, 7), f64x4); }
+
+// Scalar loads, for the cold paths.
+inline float load1(const float* x, int64_t i) { return x[i]; }
+inline double load1(const double* x, int64_t i) { return x[i]; }
+inline float load1(const c10::Half* x, int64_t i) { return static_cast<float>(x[i]); }
+inline float load1(const c10::BFloat16* x, int64_t i) { return static_cast<float>(x[i]); }
+
+inline f32x8 vabs(f32x8 v) { return reinterpret_cast<f32x8>(reinterpret_cast<i32x8>(v) & 0x7fffffff); }
+inline f64x4 vabs(f64x4 v) { return reinterpret_cast<f64x4>(reinterpret_cast<i64x4>(v) & INT64_MAX); }
+
+inline double hsum(f64x4 v) { return (v[0] + v[1]) + (v[2] + v[3]); }
+
+// body(block) for each 16-element block of x; the last partial block is a zero-padded copy.
+template <class T, class Body>
+inline void for_each_block(const T* x, int64_t n, Body&& body) {
+  int64_t i = 0;
+  for (; i + kBlock <= n; i += kBlock) body(x + i);
+  if (i < n) {
+    alignas(32) T pad[kBlock];
+    std::memset(static_cast<void*>(pad), 0, sizeof pad);
+    std::memcpy(static_cast<void*>(pad), x + i, (n - i) * sizeof(T));
+    body(pad);
+  }
+}
+
+// --- sums ----------------------------------------------------------------------------------
+
+// sum_i term(x_i), term applied in double (f64x4 -> f64x4).
+template <class T, class Term>
+inline double sum_terms(const T* x, int64_t n, Term term) {
+  f64x4 a0{}, a1{}, a2{}, a3{};
+  for_each_block(x, n, [&](const T* b) {
+    if constexpr (std::is_same_v<T, double>) {
+      a0 += term(load4(b));
+      a1 += term(load4(b + 4));
+      a2 += term(load4(b + 8));
+      a3 += term(load4(b + 12));
+    } else if constexpr (std::is_same_v<T, float>) {
+      a0 += term(load4_widened(b));
+      a1 += term(load4_widened(b + 4));
+      a2 += term(load4_widened(b + 8));
+      a3 += term(load4_widened(b + 12));
+    } else {
+      const f32x8 lo = load8(b), hi = load8(b + 8);
+      a0 += term(widen_low(lo));
+      a1 += term(widen_high(lo));
+      a2 += term(widen_low(hi));
+      a3 += term(widen_high(hi));
+    }
+  });
+  return hsum((a0 + a1) + (a2 + a3));
+}
+
+// Blocks summed in float before their partial sums move to double: few conversions in the
+// hot loop, and each float lane adds only 16 terms (relative error ~1e-6 at worst).
+constexpr int kFloatBlocksPerFlush = 16;
+
+// sum_i term(x_i), term applied in float (f32x8 -> f32x8); the caller checks that the
+// float terms did not overflow or underflow.
+template <class T, class Term>
+inline double sum_float_terms(const T* x, int64_t n, Term term) {
+  f64x4 d0{}, d1{}, d2{}, d3{};
+  f32x8 f0{}, f1{};
+  int pending = 0;
+  for_each_block(x, n, [&](const T* b) {
+    f32x8 lo, hi;
+    load16(b, lo, hi);
+    f0 += term(lo);
+    f1 += term(hi);
+    if (++pending == kFloatBlocksPerFlush) {
+      d0 += widen_low(f0);
+      d1 += widen_high(f0);
+      d2 += widen_low(f1);
+      d3 += widen_high(f1);
+      f0 = f32x8{};
+      f1 = f32x8{};
+      pending = 0;
+    }
+  });
+  d0 += widen_low(f0);
+  d1 += widen_high(f0);
+  d2 += widen_low(f1);
+  d3 += widen_high(f1);
+  return hsum((d0 + d1) + (d2 + d3));
+}
+
+// sum_i x_i of a short row (a pooling plane such as 7x7) in float: no zero-padded block
+// copy and no flushes, whose fixed costs would dominate a few dozen elements.
+template <class T>
+inline double short_row_sum(const T* x, int64_t n) {
+  f32x8 a{}, b{};
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    a += load8(x + i);
+    b += load8(x + i + 8);
+  }
+  if (i + 8 <= n) {
+    a += load8(x + i);
+    i += 8;
+  }
+  a += b;
+  float tail = 0.0f;
+  for (; i < n; ++i) tail += load1(x, i);
+  return hsum(widen_low(a) + widen_high(a)) + tail;
+}
+
+// max_i |x_i|, NaN when the row holds a NaN. The max itself ignores NaN (like vmaxps), so
+// a second vector sums |x|*0, which turns NaN when a NaN or an Inf passes; only then is
+// the row scanned again for NaN.
+template <class T>
+inline float abs_max(const T* x, int64_t n) {
+  f32x8 best0{}, best1{}, probe{};
+  for_each_block(x, n, [&](const T* b) {
+    f32x8 lo, hi;
+    load16(b, lo, hi);
+    lo = vabs(lo);
+    hi = vabs(hi);
+    best0 = lo > best0 ? lo : best0;
+    best1 = hi > best1 ? hi : best1;
+    probe += lo * 0.0f + hi * 0.0f;
+  });
+  best0 = best1 > best0 ? best1 : best0;
+  float m = 0.0f, seen = 0.0f;
+  for (int l = 0; l < 8; ++l) {
+    m = best0[l] > m ? best0[l] : m;
+    seen += probe[l];
+  }
+  if (std::isnan(seen))
+    for (int64_t i = 0; i < n; ++i)
+      if (std::isnan(load1(x, i))) return std::numeric_limits<float>::quiet_NaN();
+  return m;
+}
+
+inline double abs_max(const double* x, int64_t n) {
+  f64x4 best0{}, best1{}, probe{};
+  for_each_block(x, n, [&](const double* b) {
+    const f64x4 v0 = vabs(load4(b)), v1 = vabs(load4(b + 4)), v2 = vabs(load4(b + 8)), v3 = vabs(load4(b + 12));
+    best0 = v0 > best0 ? v0 : best0;
+    best1 = v1 > best1 ? v1 : best1;
+    best0 = v2 > best0 ? v2 : best0;
+    best1 = v3 > best1 ? v3 : best1;
+    probe += (v0 * 0.0 + v1 * 0.0) + (v2 * 0.0 + v3 * 0.0);
+  });
+  best0 = best1 > best0 ? best1 : best0;
+  double m = 0.0;
+  for (int l = 0; l < 4; ++l) m = best0[l] > m ? best0[l] : m;
+  if (std::isnan(hsum(probe)))
+    for (int64_t i = 0; i < n; ++i)
+      if (std::isnan(x[i])) return std::numeric_limits<double>::quiet_NaN();
+  return m;
+}
+
+// --- r^p for r in [0, 1] ---------------------------------------------------------------------
+// exp2(p log2 r) in float, branch-free. Relative error ~1e-7 where it matters (r near 1);
+// r below FLT_MIN (also subnormal) contributes 0.
+
+inline f32x8 log2_unit(f32x8 r) {
+  const u32x8 bits = reinterpret_cast<u32x8>(r);
+  f32x8 e = __builtin_convertvector(reinterpret_cast<i32x8>(bits >> 23) - 127, f32x8);
+  f32x8 m = reinterpret_cast<f32x8>((bits & 0x007fffffu) | 0x3f800000u);  // [1, 2)
+  // Centre the mantissa on 1 ([sqrt(1/2), sqrt(2))) so the atanh series converges fast.
+  const i32x8 high = m > splat8(1.41421356f);
+  m = high ? m * 0.5f : m;
+  e = high ? e + 1.0f : e;
+  const f32x8 t = (m - 1.0f) / (m + 1.0f);
+  const f32x8 t2 = t * t;
+  const f32x8 series =
+      2.8853900817779268f +
+      t2 * (0.9617966939259756f + t2 * (0.5770780163555854f + t2 * (0.41219858311113244f + t2 * 0.3205988979753252f)));
+  return e + t * series;
+}
+
+inline f32x8 exp2_nonpositive(f32x8 y) {
+  y = y < splat8(-127.0f) ? splat8(-127.0f) : y;
+  y = y > splat8(64.0f) ? splat8(64.0f) : y;
+  // Round to nearest with the 1.5 * 2^23 trick (|y| < 2^22; no SSE4.1 round needed).
+  const f32x8 n = (y + 12582912.0f) - 12582912.0f;
+  const f32x8 f = y - n;  // [-0.5, 0.5]
+  const f32x8 q =
+      1.0f +
+      f * (0.6931471805599453f +
+           f * (0.2402265069591007f +
+                f * (0.05550410866482158f +
+                     f * (0.009618129107628477f +
+                          f * (0.0013333558146428443f + f * (0.00015403530393381606f + f * 1.525273380405984e-05f))))));
+  // n = -127 gives a zero scale: terms below 2^-126.5 of the max are dropped.
+  const u32x8 scale = reinterpret_cast<u32x8>(__builtin_convertvector(n, i32x8) + 127) << 23;
+  return q * reinterpret_cast<f32x8>(scale);
+}
+
+inline f32x8 vsqrt(f32x8 v) {
+#if defined(LPLA_X86_AVX2)
+  return (f32x8)_mm256_sqrt_ps((__m256)v);
+#elif defined(__SSE__)
+  const f32x4 lo = (f32x4)_mm_sqrt_ps((__m128)__builtin_shufflevector(v, v, 0, 1, 2, 3));
+  const f32x4 hi = (f32x4)_mm_sqrt_ps((__m128)__builtin_shufflevector(v, v, 4, 5, 6, 7));
+  return __builtin_shufflevector(lo, hi, 0, 1, 2, 3, 4, 5, 6, 7);
+#else
+  for (int l = 0; l < 8; ++l) v[l] = std::sqrt(v[l]);
+  return v;
+#endif
+}
+
+inline f32x8 pow_unit(f32x8 r, float p) {
+  const f32x8 v = exp2_nonpositive(p * log2_unit(r));
+  return r >= splat8(FLT_MIN) ? v : f32x8{};
+}
+
+// --- other row helpers -------------------------------------------------------------------------
+
+// dst[i] = double(x[i]) for a contiguous row.
+template <class T>
+inline void widen_row(const T* x, int64_t n, double* dst) {
+  int64_t i = 0;
+  if constexpr (std::is_same_v<T, double>) {
+    std::memcpy(dst, x, n * sizeof(double));
+    return;
+  } else if constexpr (std::is_same_v<T, float>) {
+    for (; i + 4 <= n; i += 4) {
+      const f64x4 v = load4_widened(x + i);
+      std::memcpy(dst + i, &v, sizeof v);
+    }
+    for (; i < n; ++i) dst[i] = static_cast<double>(x[i]);
+  } else {
+    for (; i + 8 <= n; i += 8) {
+      const f32x8 v = load8(x + i);
+      const f64x4 lo = widen_low(v), hi = widen_high(v);
+      std::memcpy(dst + i, &lo, sizeof lo);
+      std::memcpy(dst + i + 4, &hi, sizeof hi);
+    }
+    for (; i < n; ++i) dst[i] = static_cast<double>(load1(x, i));
+  }
+}
+
+// sums[i] += float(x[i]) for a contiguous row (float, half, bfloat16).
+template <class T>
+inline void accumulate_row(const T* x, int64_t n, float* sums) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    f32x8 acc;
+    std::memcpy(&acc, sums + i, sizeof acc);
+    acc += load8(x + i);
+    std::memcpy(sums + i, &acc, sizeof acc);
+  }
+  for (; i < n; ++i) sums[i] += load1(x, i);
+}
+
+// sums[i] += x[i] for a contiguous double row.
+inline void accumulate_row(const double* x, int64_t n, double* sums) {
+  for (int64_t i = 0; i < n; ++i) sums[i] += x[i];
+}
+
+// sum_i a_i b_i of two double rows.
+inline double dot(const double* a, const double* b, int64_t n) {
+  f64x4 s0{}, s1{}, s2{}, s3{};
+  int64_t i = 0;
+  for (; i + kBlock <= n; i += kBlock) {
+    s0 += load4(a + i) * load4(b + i);
+    s1 += load4(a + i + 4) * load4(b + i + 4);
+    s2 += load4(a + i + 8) * load4(b + i + 8);
+    s3 += load4(a + i + 12) * load4(b + i + 12);
+  }
+  double tail = 0.0;
+  for (; i < n; ++i) tail += a[i] * b[i];
+  return hsum((s0 + s1) + (s2 + s3)) + tail;
+}

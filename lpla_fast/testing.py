@@ -1,0 +1,68 @@
+"""Input builders shared by the tests and the benchmarks of the compiled ops.
+
+Every builder takes a seed and returns a tensor in the requested layout, so a test and a
+benchmark of the same case look at the same kind of data.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import Tensor
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+LAYOUTS = ("contiguous", "transposed", "sliced", "expanded")
+
+
+def _generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def random_rows(n: int, d: int, dtype=torch.float32, device="cpu", layout: str = "contiguous", seed: int = 0) -> Tensor:
+    """(n, d) standard-normal rows in one of LAYOUTS.
+
+    contiguous: row-major; transposed: a (d, n) tensor's transpose (stride 1 across rows);
+    sliced: every other column of an (n, 2d) tensor; expanded: one row broadcast n times
+    (stride 0 across rows).
+    """
+    g = _generator(seed)
+    # The view is taken after the dtype conversion, which would otherwise copy it densely.
+    if layout == "contiguous":
+        return _to(torch.randn(n, d, generator=g), dtype, device)
+    if layout == "transposed":
+        return _to(torch.randn(d, n, generator=g), dtype, device).t()
+    if layout == "sliced":
+        return _to(torch.randn(n, 2 * d, generator=g), dtype, device)[:, ::2]
+    if layout == "expanded":
+        return _to(torch.randn(1, d, generator=g), dtype, device).expand(n, d)
+    raise ValueError(f"layout must be one of {LAYOUTS}, got layout={layout!r}")
+
+
+def random_views(n: int, k: int, d: int, dtype=torch.float32, device="cpu", scale: float = 1.0, seed: int = 0) -> Tensor:
+    """(n, k, d) embeddings of k views per sample: a per-sample centre plus view noise."""
+    g = _generator(seed)
+    centre = torch.randn(n, 1, d, generator=g)
+    views = scale * (centre + 0.3 * torch.randn(n, k, d, generator=g))
+    return _to(views, dtype, device)
+
+
+def random_fmap(n: int, c: int, h: int, w: int, dtype=torch.float32, device="cpu", channels_last: bool = False, seed: int = 0) -> Tensor:
+    """(n, c, h, w) non-negative feature map (as after a ReLU), NCHW or channels_last."""
+    g = _generator(seed)
+    fmap = torch.randn(n, c, h, w, generator=g).clamp_min(0)
+    fmap = _to(fmap, dtype, device)
+    return fmap.contiguous(memory_format=torch.channels_last) if channels_last else fmap
+
+
+def _to(x: Tensor, dtype, device) -> Tensor:
+    return x.to(device=device, dtype=dtype)
+
+
+def bench_rows(default: int = 262_144) -> int:
+    """Rows of the benchmark inputs: LPLA_BENCH_ROWS, else `default` (0.5 GB of fp32 at D=512)."""
+    value = os.environ.get("LPLA_BENCH_ROWS", str(default))
+    rows = int(value)
+    if rows <= 0:
+        raise ValueError(f"LPLA_BENCH_ROWS must be a positive integer, got LPLA_BENCH_ROWS={value!r}")
+    return rows
