@@ -22,15 +22,16 @@ __global__ void __launch_bounds__(kBlockThreads)
   const int64_t groups = static_cast<int64_t>(gridDim.x) * (kBlockThreads / G);
   for (int64_t r = (static_cast<int64_t>(blockIdx.x) * kBlockThreads + threadIdx.x) / G; r < N; r += groups) {
     const double norm = row_norm<P>(rows.row(r), D, p, t, G);
-    if (t == 0) out[r] = static_cast<out_type<scalar_t>>(norm);
+    if (t == 0) out[r] = to_out<out_type<scalar_t>>(norm);
   }
 }
 
-// Gaussian log-likelihood ratio of the LpLA statistic; precomputed on the host.
+// The two Gaussians of the LpLA statistic (the score divides as the reference does, so the
+// two agree to rounding even where the terms cancel).
 struct LpLAParams {
   double p;
-  double mean_in, inv_std_in;
-  double mean_out, inv_std_out;
+  double mean_in, std_in;
+  double mean_out, std_out;
   double log_std_ratio;  // log(std_in) - log(std_out)
   bool log_space;
 };
@@ -49,13 +50,13 @@ __global__ void __launch_bounds__(kBlockThreads)
     for (int64_t k = 0; k < K; ++k) {
       const double s = row_norm<P>(views.row(n * K + k), D, prm.p, t, G);
       const double stat = prm.log_space ? log(s) : s;
-      const double z_in = (stat - prm.mean_in) * prm.inv_std_in;
-      const double z_out = (stat - prm.mean_out) * prm.inv_std_out;
+      const double z_in = (stat - prm.mean_in) / prm.std_in;
+      const double z_out = (stat - prm.mean_out) / prm.std_out;
       const double llr = -0.5 * z_in * z_in + 0.5 * z_out * z_out - prm.log_std_ratio;
       score += isfinite(stat) ? llr : NAN;
-      if (t == 0) norms[n * K + k] = static_cast<out_type<scalar_t>>(s);
+      if (t == 0) norms[n * K + k] = to_out<out_type<scalar_t>>(s);
     }
-    if (t == 0) scores[n] = static_cast<out_type<scalar_t>>(score);
+    if (t == 0) scores[n] = to_out<out_type<scalar_t>>(score);
   }
 }
 
@@ -108,7 +109,7 @@ std::tuple<at::Tensor, at::Tensor> lpla_score_cuda(const at::Tensor& views, doub
   auto scores = at::empty({N}, opts);
   if (N == 0) return {norms, scores};
   const at::Tensor v = with_contiguous_rows(views);
-  const LpLAParams prm{p, mean_in, 1.0 / std_in, mean_out, 1.0 / std_out, std::log(std_in) - std::log(std_out),
+  const LpLAParams prm{p, mean_in, std_in, mean_out, std_out, std::log(std_in) - std::log(std_out),
                        log_space};
   const int G = group_size_for(D, v.element_size());
   const int blocks = blocks_for(N, G);

@@ -77,13 +77,14 @@ std::tuple<at::Tensor, at::Tensor> pooled_lp_norm_cuda(const at::Tensor& fmap, d
   const c10::cuda::CUDAGuard guard(fmap.device());
   const int64_t N = fmap.size(0), C = fmap.size(1);
   const auto opts = fmap.options().dtype(result_dtype(fmap));
-  auto means = at::empty({N, C}, fmap.options().dtype(at::kDouble));
-  auto norms = at::empty({N}, opts);
+  const auto opts64 = fmap.options().dtype(at::kDouble);
+  auto means = at::empty({N, C}, opts64);
+  auto norms = at::empty({N}, opts64);
   if (N > 0 && C > 0) spatial_means(fmap, means);
   // C = 0 leaves an empty workspace: norms of empty rows are 0.
   lp_norm_rows(means, N, 1, C, 0, C, p, norms);
   auto pooled = return_pooled ? means.to(result_dtype(fmap)) : at::empty({0}, opts);
-  return {pooled, norms};
+  return {pooled, norms.to(result_dtype(fmap))};
 }
 
 }  // namespace

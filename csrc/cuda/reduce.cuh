@@ -65,6 +65,19 @@ __device__ __forceinline__ double to_double(double v) { return v; }
 __device__ __forceinline__ double to_double(c10::Half v) { return to_double(static_cast<float>(v)); }
 __device__ __forceinline__ double to_double(c10::BFloat16 v) { return to_double(static_cast<float>(v)); }
 
+// Results are stored through this for the same reason: a plain double -> float cast becomes
+// cvt.rn.ftz and would flush a subnormal fp32 norm to zero.
+template <typename out_t>
+__device__ __forceinline__ out_t to_out(double v) {
+  if constexpr (std::is_same_v<out_t, double>) {
+    return v;
+  } else {
+    float r;
+    asm("cvt.rn.f32.f64 %0, %1;" : "=f"(r) : "d"(v));
+    return r;
+  }
+}
+
 // |v| as an unsigned bit pattern. For non-negative IEEE numbers the bit patterns sort like
 // the values and every NaN sorts above +Inf, so an integer max of these is a NaN-propagating
 // max of |v| that no flush-to-zero mode can disturb (the p = inf path uses it).

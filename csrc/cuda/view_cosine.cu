@@ -37,13 +37,13 @@ __global__ void __launch_bounds__(kBlockThreads)
     }
     const int64_t j = i + 1 + q;
     // nan_max, not fmax: a NaN norm must give a NaN similarity, as in the reference.
-    const double inv_a = 1.0 / nan_max(static_cast<double>(norms[n * K + i]), kCosineEps);
-    const double inv_b = 1.0 / nan_max(static_cast<double>(norms[n * K + j]), kCosineEps);
+    const double inv_a = 1.0 / nan_max(to_double(norms[n * K + i]), kCosineEps);
+    const double inv_b = 1.0 / nan_max(to_double(norms[n * K + j]), kCosineEps);
     double dot = 0.0;
     for_each_in_rows(views.row(n * K + i), views.row(n * K + j), D, t, G,
                      [&](scalar_t a, scalar_t b) { dot += (to_double(a) * inv_a) * (to_double(b) * inv_b); });
     dot = group_allreduce(dot, G, Plus{});
-    if (t == 0) out[item] = static_cast<out_type<scalar_t>>(dot);
+    if (t == 0) out[item] = to_out<out_type<scalar_t>>(dot);
   }
 }
 
