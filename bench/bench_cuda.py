@@ -75,7 +75,7 @@ def eager_lpla_score(views, p, mean_in, std_in, mean_out, std_out):
     zin = (s - mean_in) / std_in
     zout = (s - mean_out) / std_out
     llr = -0.5 * zin**2 + 0.5 * zout**2 - (math.log(std_in) - math.log(std_out))
-    return s, torch.where(torch.isfinite(s), llr, torch.nan).sum(-1)
+    return s, llr.masked_fill(~torch.isfinite(s), math.nan).sum(-1)
 
 
 def eager_pooled_lp_norm(fmap, p):

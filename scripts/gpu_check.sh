@@ -120,7 +120,7 @@ stamp "reference check done (status=$status)"
 
 # 2. The project's op tests, CUDA cases.
 if "$PY" -c "import pytest" 2>/dev/null && [ -f tests/test_ops.py ]; then
-  "$PY" -m pytest tests/test_ops.py -k cuda -q -x -p no:cacheprovider --junitxml="$OUT/test_ops_cuda.xml" \
+  "$PY" -m pytest tests/test_ops.py -k cuda -q -rf -p no:cacheprovider --junitxml="$OUT/test_ops_cuda.xml" \
     2>&1 | tail -40 | tee "$OUT/test_ops_cuda.txt"
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
   stamp "pytest tests/test_ops.py -k cuda done (status=$status)"
