@@ -1,0 +1,65 @@
+"""`lpla embed`: write the (N, K, D) float32 view embeddings of one split to a .npy file.
+
+The dataset and splits come from the run folder written by `lpla train` (run.json, splits.json);
+--splits takes the splits from another run, so that a shadow encoder can embed the target's
+splits and vice versa.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ..splits import SPLIT_NAMES
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("embed", help="embed K views of each image of a split",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="run folder written by `lpla train`")
+    p.add_argument("--split", required=True, choices=SPLIT_NAMES, help="which split to embed")
+    p.add_argument("--K", type=int, default=8, help="views per image (default 8)")
+    p.add_argument("--out", required=True, help="output .npy file")
+    p.add_argument("--output", choices=("backbone", "head"), default="backbone",
+                   help="released representation: backbone embedding (default) or projection head")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random views")
+    p.add_argument("--policy", default="default", help="view policy (default: the training one)")
+    p.add_argument("--no-clean", action="store_true", help="do not make view 1 the unaugmented image")
+    p.add_argument("--splits", default=None, help="splits.json to use instead of the run folder's")
+    p.add_argument("--data-root", default=None, help="override the data root recorded in run.json")
+    p.add_argument("--batch-size", type=int, default=512, help="views per forward pass")
+    p.add_argument("--device", default=None, help="cpu | cuda (default: cpu)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import json
+    import os
+
+    import numpy as np
+
+    from ..data import load_dataset
+    from ..encoders import load_encoder, query_views
+    from ..splits import Splits
+    from .train import RUN_FILE, SPLITS_FILE
+
+    run_path = os.path.join(args.checkpoint, RUN_FILE)
+    if not os.path.isfile(run_path):
+        raise SystemExit(f"lpla embed: {run_path} is missing; --checkpoint must be a folder written by `lpla train`")
+    with open(run_path) as f:
+        info = json.load(f)
+    splits = Splits.from_json(args.splits or os.path.join(args.checkpoint, SPLITS_FILE))
+    encoder = load_encoder(args.checkpoint, device=args.device or "cpu")
+    data = load_dataset(info["dataset"], args.data_root or info.get("data_root"), info["image_size"])
+    if splits.num_samples != len(data):
+        raise SystemExit(f"lpla embed: the splits cover {splits.num_samples} samples but "
+                         f"{info['dataset']} has {len(data)}")
+    images = data.images[splits[args.split]]
+    views = query_views(encoder, images, args.K, policy=args.policy, seed=args.seed,
+                        include_clean=not args.no_clean, output=args.output, batch_size=args.batch_size)
+    out_dir = os.path.dirname(os.path.abspath(args.out))
+    os.makedirs(out_dir, exist_ok=True)
+    tmp = f"{args.out}.tmp.npy"
+    np.save(tmp, views.numpy().astype(np.float32, copy=False))
+    os.replace(tmp, args.out)
+    print(json.dumps({"out": args.out, "split": args.split, "shape": list(views.shape)}))
+    return 0

@@ -1,0 +1,92 @@
+"""Backbones: image (B, 3, H, W) -> embedding (B, D). The embedding is what an encoder API
+releases and what the attacks query by default."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+BACKBONES = ("small_cnn", "resnet18", "resnet50", "vit_small")
+DEFAULT_WIDTH = {"small_cnn": 32, "resnet18": 64, "resnet50": 64, "vit_small": 192}
+
+
+class SmallCNN(nn.Module):
+    """Four 3x3 conv + BatchNorm + ReLU blocks (width w, 2w, 4w, 4w; two stride-2), then global
+    average pooling: a 4w-dimensional embedding that trains on a CPU in seconds."""
+
+    def __init__(self, width: int = 32, in_channels: int = 3):
+        super().__init__()
+        channels = [in_channels, width, 2 * width, 4 * width, 4 * width]
+        strides = [1, 2, 2, 1]
+        layers = []
+        for c_in, c_out, stride in zip(channels[:-1], channels[1:], strides):
+            layers += [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
+                       nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+        self.features = nn.Sequential(*layers)
+        self.out_dim = 4 * width
+
+    def forward(self, x):
+        return self.features(x).mean(dim=(2, 3))
+
+
+def resnet_cifar(name: str) -> nn.Module:
+    """torchvision ResNet with the CIFAR stem (3x3 stride-1 first conv, no max-pool) and no
+    classifier; parameter names match torchvision's, as solo-learn and lightly checkpoints use."""
+    import torchvision
+
+    net = getattr(torchvision.models, name)(weights=None)
+    net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    net.maxpool = nn.Identity()
+    net.out_dim = net.fc.in_features
+    net.fc = nn.Identity()
+    return net
+
+
+def vit_small(width: int, image_size: int) -> nn.Module:
+    """A small torchvision VisionTransformer (6 layers, hidden size `width`, class-token output)."""
+    from torchvision.models import VisionTransformer
+
+    patch = 4 if image_size <= 32 else 8
+    if image_size % patch:
+        raise ValueError(f"vit_small needs image_size divisible by its patch size {patch}, got {image_size}")
+    heads = next(h for h in (6, 4, 3, 2, 1) if (width % h == 0 and width // h >= 8) or h == 1)
+    net = VisionTransformer(image_size=image_size, patch_size=patch, num_layers=6, num_heads=heads,
+                            hidden_dim=width, mlp_dim=4 * width)
+    net.heads = nn.Identity()
+    net.out_dim = width
+    return net
+
+
+def make_backbone(name: str, width: int | None = None, image_size: int = 16) -> nn.Module:
+    """Build a backbone by name; the module's `out_dim` is its embedding size.
+
+    `width` is the base channel count of small_cnn and the hidden size of vit_small (None picks
+    DEFAULT_WIDTH); the ResNets have their standard width.
+    """
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+    width = DEFAULT_WIDTH[name] if width is None else int(width)
+    if width < 1:
+        raise ValueError(f"width must be >= 1, got {width}")
+    if name == "small_cnn":
+        return SmallCNN(width)
+    if name in ("resnet18", "resnet50"):
+        if width != DEFAULT_WIDTH[name]:
+            raise ValueError(f"{name} has a fixed width of 64; got width={width}")
+        return resnet_cifar(name)
+    return vit_small(width, image_size)
+
+
+@torch.no_grad()
+def infer_out_dim(backbone: nn.Module, image_size: int) -> int:
+    """Embedding size of any backbone: its `out_dim`, or one forward pass of a dummy batch."""
+    if hasattr(backbone, "out_dim"):
+        return int(backbone.out_dim)
+    was_training = backbone.training
+    backbone.eval()
+    device = next(backbone.parameters(), torch.empty(0)).device
+    out = backbone(torch.zeros(2, 3, image_size, image_size, device=device))
+    backbone.train(was_training)
+    if out.dim() != 2:
+        raise ValueError(f"the backbone must return (B, D) embeddings, got shape {tuple(out.shape)}")
+    return int(out.shape[1])

@@ -1,0 +1,143 @@
+"""The training loop: two augmented views per image, the framework's loss, Adam. Seeded,
+checkpointed every `checkpoint_every` epochs, and resumed from its checkpoint folder."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from dataclasses import fields
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ..augment import augment
+from .base import Encoder
+from .checkpoint import (MODEL_FILE, load_encoder, load_training_state, read_config, save_encoder,
+                         save_training_state)
+from .config import TrainConfig
+from .frameworks import build_encoder
+
+# Fields that may change between a checkpoint and the run that resumes it.
+_RESUMABLE_CHANGES = {"epochs", "device", "checkpoint_every", "amp"}
+
+
+def resolve_device(device) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r} was asked for but CUDA is not available")
+    return device
+
+
+def train_encoder(images: Tensor, config: TrainConfig | None = None, checkpoint_dir: str | None = None,
+                  progress: bool = True) -> Encoder:
+    """Train an encoder of config.framework on `images` and return it in eval mode.
+
+    Args:
+        images: (N, 3, H, W) float tensor in [0, 1] (the members), N >= 2.
+        config: a TrainConfig (defaults: the digits SimCLR recipe).
+        checkpoint_dir: folder for checkpoints; when it already holds one of the same config,
+            training resumes from it (and returns at once if it is finished).
+        progress: show a tqdm progress bar.
+    """
+    config = config or TrainConfig()
+    _check_images(images, config)
+    device = resolve_device(config.device)
+    with torch.random.fork_rng(devices=[]):  # seeded initial weights, caller's RNG untouched
+        torch.manual_seed(config.seed)
+        encoder = build_encoder(config).to(device)
+    trainable = [p for p in encoder.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(trainable, lr=config.lr, weight_decay=config.weight_decay)
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+    start_epoch = _resume(encoder, optimizer, generator, checkpoint_dir, config)
+
+    images = images.to(device)
+    batches_per_epoch = _batch_count(len(images), config.batch_size)
+    total_steps = max(1, config.epochs * batches_per_epoch)
+    step = start_epoch * batches_per_epoch
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if config.amp and device.type == "cuda"
+                else contextlib.nullcontext())
+    bar = tqdm(range(start_epoch, config.epochs), disable=not progress, initial=start_epoch,
+               total=config.epochs, desc=f"{config.framework}/{config.backbone}", unit="epoch")
+    for epoch in bar:
+        encoder.train()
+        epoch_loss = torch.zeros((), device=device)
+        for idx in _batches(len(images), config.batch_size, generator):
+            batch = images[idx]
+            view0 = augment(batch, config.augmentation, generator)
+            view1 = augment(batch, config.augmentation, generator)
+            encoder.before_step(step / total_steps)
+            with autocast:
+                loss = encoder.training_loss(view0, view1)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            epoch_loss += loss.detach().float()
+            step += 1
+        encoder.history_.append(float(epoch_loss) / batches_per_epoch)
+        bar.set_postfix(loss=f"{encoder.history_[-1]:.4f}")
+        done = epoch + 1
+        if checkpoint_dir and (done % config.checkpoint_every == 0 or done == config.epochs):
+            save_checkpoint(encoder, optimizer, generator, checkpoint_dir)
+    if checkpoint_dir and config.epochs == 0:
+        save_checkpoint(encoder, optimizer, generator, checkpoint_dir)
+    return encoder.eval()
+
+
+def save_checkpoint(encoder: Encoder, optimizer, generator: torch.Generator, path: str) -> None:
+    """The encoder files plus optimizer and generator state (weights first, config last, so a
+    crash in between leaves the previous config pointing at a complete older state)."""
+    os.makedirs(path, exist_ok=True)
+    save_training_state(path, {"optimizer": optimizer.state_dict(),
+                               "generator": generator.get_state().cpu()})
+    save_encoder(encoder, path)
+
+
+def _resume(encoder, optimizer, generator, path, config: TrainConfig) -> int:
+    if not path or not os.path.isfile(os.path.join(path, MODEL_FILE)):
+        return 0
+    saved = TrainConfig.from_dict(read_config(path)["config"])
+    changed = [f.name for f in fields(TrainConfig)
+               if f.name not in _RESUMABLE_CHANGES and getattr(saved, f.name) != getattr(config, f.name)]
+    if changed:
+        diffs = ", ".join(f"{k}: {getattr(saved, k)!r} -> {getattr(config, k)!r}" for k in changed)
+        raise ValueError(f"checkpoint at {path!r} was trained with a different config ({diffs}); "
+                         "use another checkpoint folder")
+    device = next(encoder.parameters()).device
+    loaded = load_encoder(path, device=device)
+    encoder.load_state_dict(loaded.state_dict())
+    encoder.history_ = list(loaded.history_)
+    state = load_training_state(path)
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+    return min(len(encoder.history_), config.epochs)
+
+
+def _batch_count(n: int, batch_size: int) -> int:
+    full, rest = divmod(n, batch_size)
+    return full + (1 if rest >= 2 else 0) if full else 1
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator):
+    """Shuffled index batches; a last batch of one sample is dropped (BatchNorm needs two)."""
+    order = torch.randperm(n, generator=generator, device=generator.device)
+    chunks = list(order.split(batch_size))
+    if len(chunks) > 1 and len(chunks[-1]) < 2:
+        chunks.pop()
+    return chunks
+
+
+def _check_images(images: Tensor, config: TrainConfig) -> None:
+    if not isinstance(images, Tensor) or images.dim() != 4 or not images.is_floating_point():
+        raise ValueError(f"images must be a float (N, C, H, W) tensor, got "
+                         f"{getattr(images, 'shape', type(images).__name__)}")
+    if images.shape[0] < 2:
+        raise ValueError(f"training needs at least 2 images, got {images.shape[0]}")
+    if images.shape[-1] != config.image_size or images.shape[-2] != config.image_size:
+        raise ValueError(f"images are {tuple(images.shape[-2:])} but config.image_size is {config.image_size}")
+    if math.prod(images.shape) and not torch.isfinite(images).all():
+        raise ValueError("images contain NaN or Inf")

@@ -1,0 +1,77 @@
+"""Query an encoder with K views per image: the attacker's and auditor's black-box access."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..augment import augment
+from .base import Encoder, check_output
+
+# Randomness is drawn per block of this many images from a generator seeded by (seed, block):
+# the views of an image depend on the seed and its position, not on batch_size or device.
+RANDOM_BLOCK = 32
+
+
+def query_views(encoder: Encoder, images: Tensor, K: int, policy: str = "default", seed: int = 0,
+                include_clean: bool = True, output: str = "backbone", batch_size: int = 512,
+                device=None) -> Tensor:
+    """Embeddings of K views of every image.
+
+    Args:
+        encoder: an Encoder (run in eval mode, without gradients; its mode is restored after).
+        images: (N, C, H, W) float tensor in [0, 1].
+        K: views per image (>= 1).
+        policy: augmentation policy name; "default" is the one the encoder trained with.
+        seed: views are a deterministic function of (seed, image position).
+        include_clean: view 1 is the unaugmented image.
+        output: "backbone" (the released representation) or "head" (projection-head output).
+        batch_size: views per forward pass.
+        device: where to run (default: the encoder's device).
+    Returns:
+        (N, K, D) float32 tensor on the CPU.
+    """
+    check_output(output)
+    if int(K) != K or K < 1:
+        raise ValueError(f"K (views per image) must be an integer >= 1, got {K!r}")
+    if not isinstance(images, Tensor) or images.dim() != 4:
+        raise ValueError(f"images must be a (N, C, H, W) tensor, got {getattr(images, 'shape', type(images))}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    policy = encoder.config.augmentation if policy == "default" else policy
+    device = torch.device(device) if device is not None else next(encoder.parameters()).device
+    n = images.shape[0]
+    out = torch.empty(n, K, encoder.embed_dim(output), dtype=torch.float32)
+    per_forward = max(RANDOM_BLOCK, (batch_size // K) // RANDOM_BLOCK * RANDOM_BLOCK)
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        with torch.inference_mode():
+            for start in range(0, n, per_forward):
+                batch = images[start:start + per_forward].to(device, torch.float32)
+                views = _views(batch, start, K, policy, seed, include_clean)
+                z = encoder.embed(views.flatten(0, 1), output)
+                out[start:start + len(batch)] = z.view(len(batch), K, -1).float().cpu()
+    finally:
+        encoder.train(was_training)
+    return out
+
+
+def _views(batch: Tensor, start: int, K: int, policy, seed: int, include_clean: bool) -> Tensor:
+    """(B, K, C, H, W) views of a batch whose first image has global position `start`."""
+    n_random = K - 1 if include_clean else K
+    parts = []
+    for offset in range(0, len(batch), RANDOM_BLOCK):
+        block = batch[offset:offset + RANDOM_BLOCK]
+        gen = torch.Generator().manual_seed(_block_seed(seed, (start + offset) // RANDOM_BLOCK))
+        repeated = block.repeat_interleave(n_random, dim=0)
+        parts.append(augment(repeated, policy, gen).view(len(block), n_random, *block.shape[1:]))
+    random_views = torch.cat(parts) if parts else batch[:, None]
+    if include_clean:
+        return torch.cat([batch[:, None], random_views], dim=1)
+    return random_views
+
+
+def _block_seed(seed: int, block: int) -> int:
+    return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, block]).generate_state(1, np.uint64)[0] >> 1)
