@@ -65,7 +65,7 @@ def build_extensions():
     cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
     with_cuda = bool(cuda_home) and bool(cuda_sources)
     # No -std flag: torch's BuildExtension picks the one its headers need (C++20 for recent torch).
-    cxx_flags = ["-O3", "-fopenmp"]
+    cxx_flags = ["-O3", "-fopenmp", "-Wno-psabi"]
     extra = {"cxx": cxx_flags}
     if with_cuda:
         # Without a GPU torch would compile for every architecture it knows; pick the

@@ -1,0 +1,227 @@
+"""The main job end to end (`lpla experiment --quick`) and `lpla attack` on real files."""
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from lpla_fast.calibration import LpLACalibration
+from lpla_fast.cli import main
+from lpla_fast.experiment import (AuditSplit, ExperimentConfig, StudyConfig, head_views, load_results,
+                                  run_experiment)
+
+PLOTS = ("roc-simclr.png", "roc-byol.png", "leakage_vs_quality.png", "auc_vs_k.png", "auc_vs_p.png")
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("quick") / "run"
+    assert main(["experiment", "--quick", "--out", str(out), "--no-progress"]) == 0
+    return out
+
+
+def test_quick_experiment_writes_every_output(quick_run):
+    for name in ("config.json", "splits.json", "results.json", "report.md", "calibration-simclr.json",
+                 "calibration-simclr-head.json", "calibration-byol.json", "calibration-byol-head.json"):
+        assert (quick_run / name).is_file(), name
+    for name in PLOTS:
+        assert (quick_run / "plots" / name).stat().st_size > 1000, name
+    for framework in ("simclr", "byol"):
+        for role in ("target", "shadow"):
+            assert (quick_run / "encoders" / framework / role / "model.safetensors").is_file()
+
+
+def test_results_hold_every_study_with_intervals(quick_run):
+    results = load_results(str(quick_run))
+    studies = {r["study"] for r in results["records"]}
+    assert studies == {"main", "p", "k", "knowledge"}
+    main_records = [r for r in results["records"] if r["study"] == "main"]
+    # 2 frameworks x 2 outputs x 6 attacks, every one scored.
+    assert len(main_records) == 24 and all(r["metrics"] for r in main_records)
+    for r in main_records:
+        m = r["metrics"]
+        assert 0 <= m["auc"] <= 1 and m["ci"]["auc"][0] <= m["auc"] <= m["ci"]["auc"][1]
+        assert set(m["tpr_at_fpr"]) == {"0.001", "0.01", "0.1"}
+        assert len(r["roc"]["fpr"]) == len(r["roc"]["tpr"]) > 2
+    ps = {r["p"] for r in results["records"] if r["study"] == "p"}
+    assert ps == {1.0, 2.0, "inf"}
+    assert {r["k"] for r in results["records"] if r["study"] == "k"} == {1, 2, 4}
+    # EncoderMI cannot work with one view, nor at the reference level: recorded, not hidden.
+    skipped = {(r["attack"], r["study"]) for r in results["records"] if r["skipped"]}
+    assert ("encodermi-t", "k") in skipped and ("encodermi-t", "knowledge") in skipped
+    for fw in ("simclr", "byol"):
+        info = results["frameworks"][fw]
+        assert 0 <= info["feature_quality"]["backbone"]["linear_probe"] <= 1
+        assert set(info["train"]) == {"target", "shadow"}
+    assert results["correlation"]["backbone"]["lpla"]["linear_probe"]["n"] == 2
+    assert results["timings"]["total"] > 0 and "train/simclr/target" in results["timings"]["stages"]
+    assert ExperimentConfig.from_dict(json.loads((quick_run / "config.json").read_text())) == ExperimentConfig.quick()
+
+
+def test_report_has_the_tables_and_definitions(quick_run):
+    text = (quick_run / "report.md").read_text()
+    for heading in ("## Feature quality and leakage", "## Attacks (K=4", "### Norm order p", "### Query budget K",
+                    "### Knowledge level", "## Definitions", "## Timings"):
+        assert heading in text, heading
+    assert "TPR@0.1% FPR" in text and "our own definition" in text
+
+
+def test_saved_calibration_scores_like_the_attack(quick_run):
+    calibration = LpLACalibration.load(quick_run / "calibration-simclr.json")
+    assert calibration.meta["knowledge"] == "shadow" and calibration.dim == 32
+    norms, scores = calibration.score(torch.randn(5, 4, 32))
+    assert norms.shape == (5, 4) and scores.shape == (5,)
+
+
+def test_rerun_reuses_finished_encoders(quick_run, tmp_path):
+    shutil.copytree(quick_run / "encoders", tmp_path / "encoders")
+    config = ExperimentConfig.quick(frameworks=("simclr",), outputs=("backbone",), save_embeddings=True,
+                                    study=StudyConfig(attacks=("lpla",), k=2, ks=(2,), ps=(2.0,), levels=("shadow",),
+                                                      sweep_attacks=("lpla",), n_bootstrap=0))
+    results = run_experiment(config, str(tmp_path), progress=False)
+    assert all(results["frameworks"]["simclr"]["train"][role]["reused"] for role in ("target", "shadow"))
+    assert results["records"][0]["metrics"]["ci"] is None
+    members = np.load(tmp_path / "embeddings" / "simclr" / "target-target_members-backbone.npy")
+    assert members.shape == (40, 2, 32)
+
+
+def test_head_views_equal_querying_the_head():
+    from lpla_fast.encoders import TrainConfig, query_views, train_encoder
+
+    images = torch.rand(12, 3, 16, 16)
+    encoder = train_encoder(images, TrainConfig(framework="simclr", width=8, epochs=0, device="cpu"), progress=False)
+    backbone = query_views(encoder, images, K=3, seed=5)
+    head = query_views(encoder, images, K=3, seed=5, output="head")
+    torch.testing.assert_close(head_views(encoder, backbone), head, rtol=1e-4, atol=1e-5)
+
+
+def test_audit_split_is_disjoint_and_covers_both_sets():
+    split = AuditSplit.draw(41, 30, seed=3)
+    members = np.concatenate([split.bank, split.calibration_members, split.eval_members])
+    assert np.array_equal(np.sort(members), np.arange(41))
+    assert np.array_equal(np.sort(np.concatenate([split.calibration_nonmembers, split.eval_nonmembers])),
+                          np.arange(30))
+    assert len(split.eval_members) == 21 and len(split.eval_nonmembers) == 15
+
+
+def test_config_round_trips_with_infinite_p():
+    config = ExperimentConfig(frameworks=("moco",), study=StudyConfig(ps=(1.5, math.inf)))
+    assert ExperimentConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"frameworks": ("dino2",)}, "unknown framework"),
+    ({"frameworks": ()}, "frameworks is empty"),
+    ({"outputs": ("logits",)}, "outputs must be"),
+    ({"study": {"attacks": ("lira",)}}, "unknown attack"),
+    ({"study": {"ks": (0, 2)}}, "query budgets"),
+    ({"study": {"ps": (-1.0,)}}, "p must be in"),
+])
+def test_bad_config_is_refused(kwargs, message):
+    if "study" in kwargs:
+        with pytest.raises(ValueError, match=message):
+            StudyConfig(**kwargs["study"])
+    else:
+        with pytest.raises(ValueError, match=message):
+            ExperimentConfig(**kwargs)
+
+
+# --- lpla attack ------------------------------------------------------------------------------------
+
+def _views(rng, n, scale, k=4, d=16):
+    return (rng.normal(size=(n, k, d)) * scale).astype(np.float32)
+
+
+@pytest.fixture()
+def embedding_files(tmp_path):
+    """Members' embeddings are 1.4x larger: a norm signal LpLA must find."""
+    rng = np.random.default_rng(0)
+    arrays = {"members": _views(rng, 60, 1.4), "nonmembers": _views(rng, 60, 1.0),
+              "shadow-members": _views(rng, 60, 1.4), "shadow-nonmembers": _views(rng, 60, 1.0),
+              "reference": _views(rng, 60, 1.0), "shadow-reference": _views(rng, 60, 1.0)}
+    paths = {}
+    for name, array in arrays.items():
+        paths[name] = tmp_path / f"{name}.npy"
+        np.save(paths[name], array)
+    return paths
+
+
+def _attack_args(paths, out, **replaced):
+    args = ["attack", "--out", str(out), "--bootstrap", "50", "--no-progress"]
+    for name, path in {**paths, **replaced}.items():
+        args += [f"--{name}", str(path)]
+    return args
+
+
+def test_attack_on_embedding_files(embedding_files, tmp_path):
+    out = tmp_path / "attack"
+    assert main(_attack_args(embedding_files, out)) == 0
+    for name in ("results.json", "report.md", "calibration.json", "plots/roc-target.png", "plots/auc_vs_k.png",
+                 "plots/auc_vs_p.png"):
+        assert (out / name).is_file(), name
+    results = load_results(str(out))
+    lpla = next(r for r in results["records"] if r["study"] == "main" and r["attack"] == "lpla")
+    assert lpla["k"] == 4 and lpla["metrics"]["auc"] > 0.85
+    # The saved calibration reproduces the attack's scores through the fused op.
+    calibration = LpLACalibration.load(out / "calibration.json")
+    members = torch.from_numpy(np.load(embedding_files["members"]))
+    nonmembers = torch.from_numpy(np.load(embedding_files["nonmembers"]))
+    assert calibration.score(members)[1].mean() > calibration.score(nonmembers)[1].mean()
+
+
+def test_attack_without_shadow_runs_at_the_reference_level(embedding_files, tmp_path):
+    files = {k: v for k, v in embedding_files.items() if k in ("members", "nonmembers", "reference")}
+    out = tmp_path / "reference"
+    assert main(_attack_args(files, out) + ["--level", "reference", "--attacks", "lpla", "norm"]) == 0
+    results = load_results(str(out))
+    assert {r["level"] for r in results["records"] if r["study"] == "main"} == {"reference"}
+
+
+def _bad_file(tmp_path, name, array):
+    path = tmp_path / name
+    np.save(path, array)
+    return path
+
+
+@pytest.mark.parametrize("flag, make, message", [
+    ("shadow-members", lambda: np.ones((20, 4, 8), np.float32), "D=8"),
+    ("members", lambda: np.ones((20, 0, 16), np.float32), "K=0"),
+    ("members", lambda: np.ones((0, 4, 16), np.float32), "empty"),
+    ("nonmembers", lambda: np.full((20, 4, 16), np.nan, np.float32), "NaN"),
+    ("members", lambda: np.ones((20, 4, 16), np.int64), "floating point"),
+    ("members", lambda: np.array([{"a": 1}], dtype=object), "not a plain numeric"),
+])
+def test_attack_bad_input_gives_a_clear_error(embedding_files, tmp_path, capsys, flag, make, message):
+    bad = _bad_file(tmp_path, "bad.npy", make())
+    assert main(_attack_args(embedding_files, tmp_path / "out", **{flag: bad})) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_attack_missing_inputs_are_named(embedding_files, tmp_path, capsys):
+    assert main(_attack_args(embedding_files, tmp_path / "out", members=tmp_path / "nope.npy")) == 2
+    assert "--members: no such file" in capsys.readouterr().err
+    files = {k: v for k, v in embedding_files.items() if k != "nonmembers"}
+    assert main(_attack_args(files, tmp_path / "out")) == 2
+    assert "--nonmembers is required" in capsys.readouterr().err
+    files = {k: v for k, v in embedding_files.items() if k in ("members", "nonmembers")}
+    assert main(_attack_args(files, tmp_path / "out")) == 2
+    assert "--shadow-members" in capsys.readouterr().err
+
+
+def test_attack_on_an_encoder_checkpoint(quick_run, tmp_path):
+    out = tmp_path / "from-encoder"
+    args = ["attack", "--encoder", str(quick_run / "encoders" / "simclr" / "target"), "--shadow-encoder",
+            str(quick_run / "encoders" / "simclr" / "shadow"), "--splits", str(quick_run / "splits.json"),
+            "--k", "4", "--ks", "4", "--ps", "2", "--attacks", "lpla", "norm", "--bootstrap", "0",
+            "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    attacked = load_results(str(out))
+    experiment = load_results(str(quick_run))
+    # Same encoders, same splits, same view seeds: the experiment's LpLA numbers again.
+    def lpla_auc(results):
+        return next(r["metrics"]["auc"] for r in results["records"]
+                    if r["study"] == "main" and r["attack"] == "lpla" and r["output"] == "backbone")
+    assert lpla_auc(attacked) == pytest.approx(lpla_auc(experiment))
