@@ -40,4 +40,34 @@ inline at::ScalarType result_dtype(const at::Tensor& t) {
   return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
+// One check per op, called by every backend, so CPU and CUDA reject the same input with the
+// same message.
+inline void check_lp_norm_args(const at::Tensor& x, double p) {
+  check_floating(x, "x");
+  check_min_dim(x, "x", 1, "(..., D)");
+  check_p(p);
+}
+
+inline void check_pooled_lp_norm_args(const at::Tensor& fmap, double p) {
+  check_floating(fmap, "fmap");
+  check_dim(fmap, "fmap", 4, "(N, C, H, W)");
+  check_p(p);
+}
+
+inline void check_lpla_score_args(const at::Tensor& views, double p, double mean_in, double std_in,
+                                  double mean_out, double std_out) {
+  check_floating(views, "views");
+  check_dim(views, "views", 3, "(N, K, D)");
+  check_p(p);
+  check_finite_param(mean_in, "mean_in");
+  check_finite_param(mean_out, "mean_out");
+  check_std(std_in, "std_in");
+  check_std(std_out, "std_out");
+}
+
+inline void check_view_cosine_args(const at::Tensor& views) {
+  check_floating(views, "views");
+  check_dim(views, "views", 3, "(N, K, D)");
+}
+
 }  // namespace lpla_fast

@@ -26,36 +26,25 @@ bool use_avx2() {
 }
 
 at::Tensor lp_norm_cpu(const at::Tensor& x, double p) {
-  check_floating(x, "x");
-  check_min_dim(x, "x", 1, "(..., D)");
-  check_p(p);
+  check_lp_norm_args(x, p);
   return use_avx2() ? cpu_avx2::lp_norm(x, p) : cpu_baseline::lp_norm(x, p);
 }
 
 std::tuple<at::Tensor, at::Tensor> pooled_lp_norm_cpu(const at::Tensor& fmap, double p, bool return_pooled) {
-  check_floating(fmap, "fmap");
-  check_dim(fmap, "fmap", 4, "(N, C, H, W)");
-  check_p(p);
+  check_pooled_lp_norm_args(fmap, p);
   return use_avx2() ? cpu_avx2::pooled_lp_norm(fmap, p, return_pooled)
                     : cpu_baseline::pooled_lp_norm(fmap, p, return_pooled);
 }
 
 std::tuple<at::Tensor, at::Tensor> lpla_score_cpu(const at::Tensor& views, double p, double mean_in, double std_in,
                                                   double mean_out, double std_out, bool log_space) {
-  check_floating(views, "views");
-  check_dim(views, "views", 3, "(N, K, D)");
-  check_p(p);
-  check_finite_param(mean_in, "mean_in");
-  check_finite_param(mean_out, "mean_out");
-  check_std(std_in, "std_in");
-  check_std(std_out, "std_out");
+  check_lpla_score_args(views, p, mean_in, std_in, mean_out, std_out);
   return use_avx2() ? cpu_avx2::lpla_score(views, p, mean_in, std_in, mean_out, std_out, log_space)
                     : cpu_baseline::lpla_score(views, p, mean_in, std_in, mean_out, std_out, log_space);
 }
 
 at::Tensor view_cosine_cpu(const at::Tensor& views) {
-  check_floating(views, "views");
-  check_dim(views, "views", 3, "(N, K, D)");
+  check_view_cosine_args(views);
   return use_avx2() ? cpu_avx2::view_cosine(views) : cpu_baseline::view_cosine(views);
 }
 

@@ -80,9 +80,7 @@ void lp_norm_rows(const at::Tensor& src, int64_t N, int64_t inner, int64_t outer
 namespace {
 
 at::Tensor lp_norm_cuda(const at::Tensor& x, double p) {
-  check_floating(x, "x");
-  check_p(p);
-  TORCH_CHECK(x.dim() >= 1, "x must have at least 1 dim (..., D), got a 0-D tensor");
+  check_lp_norm_args(x, p);
   const c10::cuda::CUDAGuard guard(x.device());
   auto out = at::empty(x.sizes().slice(0, x.dim() - 1), x.options().dtype(result_dtype(x)));
   if (out.numel() == 0) return out;
@@ -95,13 +93,7 @@ at::Tensor lp_norm_cuda(const at::Tensor& x, double p) {
 
 std::tuple<at::Tensor, at::Tensor> lpla_score_cuda(const at::Tensor& views, double p, double mean_in, double std_in,
                                                    double mean_out, double std_out, bool log_space) {
-  check_floating(views, "views");
-  check_dim(views, "views", 3, "(N, K, D)");
-  check_p(p);
-  check_finite_param(mean_in, "mean_in");
-  check_finite_param(mean_out, "mean_out");
-  check_std(std_in, "std_in");
-  check_std(std_out, "std_out");
+  check_lpla_score_args(views, p, mean_in, std_in, mean_out, std_out);
   const c10::cuda::CUDAGuard guard(views.device());
   const int64_t N = views.size(0), K = views.size(1), D = views.size(2);
   const auto opts = views.options().dtype(result_dtype(views));

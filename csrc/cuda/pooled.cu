@@ -71,9 +71,7 @@ void spatial_means(const at::Tensor& fmap, at::Tensor& means) {
 }
 
 std::tuple<at::Tensor, at::Tensor> pooled_lp_norm_cuda(const at::Tensor& fmap, double p, bool return_pooled) {
-  check_floating(fmap, "fmap");
-  check_dim(fmap, "fmap", 4, "(N, C, H, W)");
-  check_p(p);
+  check_pooled_lp_norm_args(fmap, p);
   const c10::cuda::CUDAGuard guard(fmap.device());
   const int64_t N = fmap.size(0), C = fmap.size(1);
   const auto opts = fmap.options().dtype(result_dtype(fmap));

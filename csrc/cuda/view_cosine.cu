@@ -50,8 +50,7 @@ __global__ void __launch_bounds__(kBlockThreads)
 namespace {
 
 at::Tensor view_cosine_cuda(const at::Tensor& views) {
-  check_floating(views, "views");
-  check_dim(views, "views", 3, "(N, K, D)");
+  check_view_cosine_args(views);
   const c10::cuda::CUDAGuard guard(views.device());
   const int64_t N = views.size(0), K = views.size(1), D = views.size(2);
   const auto opts = views.options().dtype(result_dtype(views));

@@ -9,9 +9,18 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import sys
 
 SUBCOMMANDS = ("experiment", "train", "embed", "attack", "score", "demo")
+
+
+def parse_p(text: str) -> float:
+    """argparse type of a norm order: a number > 0, or inf."""
+    value = math.inf if text.lower() in ("inf", "infinity") else float(text)
+    if not value > 0:
+        raise ValueError(f"p must be in (0, inf], got {text}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import math
 import os
 import sys
+
+from . import parse_p
 
 VIEW_FLAGS = (("members", "--members"), ("nonmembers", "--nonmembers"), ("target_reference", "--reference"),
               ("shadow_members", "--shadow-members"), ("shadow_nonmembers", "--shadow-nonmembers"),
               ("shadow_reference", "--shadow-reference"))
 
-
-def _p_value(text: str) -> float:
-    value = math.inf if text.lower() in ("inf", "infinity") else float(text)
-    if not value > 0:
-        raise ValueError(f"p must be in (0, inf], got {text}")
-    return value
 
 
 def add_parser(subparsers) -> None:
@@ -51,7 +46,7 @@ def add_parser(subparsers) -> None:
                        help="knowledge level of the main table (default: shadow)")
     study.add_argument("--k", type=int, help="query budget of the main table (default 8, at most the files' K)")
     study.add_argument("--ks", nargs="+", type=int, help="K sweep (default 1 2 4 8 16, up to the files' K)")
-    study.add_argument("--ps", nargs="+", type=_p_value, help="p sweep (default 1 2 inf)")
+    study.add_argument("--ps", nargs="+", type=parse_p, help="p sweep (default 1 2 inf)")
     study.add_argument("--bootstrap", type=int, help="bootstrap replicates per interval (default 1000)")
     study.add_argument("--seed", type=int, default=0, help="seed of views, audit halves and bootstrap (default 0)")
     study.add_argument("--label", help="name of the target in the report (default: target, or the encoder's framework)")

@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import math
 import sys
 
+from . import parse_p
+
 FRAMEWORK_CHOICES = ("simclr", "moco", "byol", "simsiam", "barlowtwins")
-
-
-def _p_value(text: str) -> float:
-    value = math.inf if text.lower() in ("inf", "infinity") else float(text)
-    if not value > 0:
-        raise ValueError(f"p must be in (0, inf], got {text}")
-    return value
 
 
 def add_parser(subparsers) -> None:
@@ -51,7 +45,7 @@ def add_parser(subparsers) -> None:
                         help="attacks of the main table (default: lpla norm encodermi-t encodermi-v encodermi-s knn)")
     parser.add_argument("--k", type=int, help="default query budget, views per sample (default 8)")
     parser.add_argument("--ks", nargs="+", type=int, help="query budgets of the K sweep (default 1 2 4 8 16)")
-    parser.add_argument("--ps", nargs="+", type=_p_value, help="norm orders of the p sweep (default 1 2 inf)")
+    parser.add_argument("--ps", nargs="+", type=parse_p, help="norm orders of the p sweep (default 1 2 inf)")
     parser.add_argument("--bootstrap", type=int, help="bootstrap replicates per interval (default 1000)")
     parser.add_argument("--save-embeddings", action="store_true", help="also write every split's views as .npy")
     parser.add_argument("--no-progress", action="store_true", help="no stage lines or progress bars")
