@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Optional, Tuple
 
@@ -29,6 +28,7 @@ import torch
 from torch import Tensor
 
 from . import ops
+from .fileio import write_json
 from .reference import gaussian_log_ratio
 
 SCHEMA = "lpla_fast.lpla_calibration"
@@ -130,13 +130,7 @@ class LpLACalibration:
 
     def save(self, path) -> None:
         """Write atomically (temporary file in the same folder, then rename)."""
-        path = os.fspath(path)
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".calibration-", suffix=".json")
-        with os.fdopen(fd, "w") as f:
-            json.dump(self.to_dict(), f, indent=2)
-        os.replace(tmp, path)
+        write_json(os.fspath(path), self.to_dict(), indent=2)
 
     @classmethod
     def load(cls, path) -> "LpLACalibration":

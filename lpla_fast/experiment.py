@@ -35,6 +35,7 @@ from torch import Tensor
 from . import metrics
 from .attacks import ATTACKS, AttackerKnowledge, make_attack
 from .attacks.base import LEVELS
+from .fileio import write_json
 from .splits import SPLIT_NAMES, SplitSizes
 from .validation import as_views, check_same_dim
 
@@ -757,10 +758,7 @@ def _jsonable(x):
 
 
 def _write_json(path: str, doc) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(_jsonable(doc), f, indent=1, allow_nan=False)
-    os.replace(tmp, path)
+    write_json(path, _jsonable(doc))
 
 
 def load_results(path: str) -> dict:

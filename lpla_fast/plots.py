@@ -12,6 +12,7 @@ from typing import List
 
 import numpy as np
 
+from .fileio import replace_atomically
 from .report import ATTACK_LABELS
 
 
@@ -26,10 +27,7 @@ def _figure(rows: int, cols: int, width: float = 4.6, height: float = 3.8):
 
 
 def _save(fig, folder: str, name: str, saved: List[str]) -> None:
-    path = os.path.join(folder, name)
-    tmp = f"{path}.tmp.png"
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
+    replace_atomically(os.path.join(folder, name), lambda tmp: fig.savefig(tmp, dpi=110))
     saved.append(name)
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from typing import Dict, Iterable, List, Optional
+
+from .fileio import write_text
 
 ATTACK_LABELS = {"lpla": "LpLA", "norm": "Norm threshold", "encodermi-t": "EncoderMI-T",
                  "encodermi-v": "EncoderMI-V", "encodermi-s": "EncoderMI-S", "knn": "kNN (FAISS)"}
@@ -51,11 +52,7 @@ labels or gradients. Everything more specific is our own definition, and each ch
 
 
 def write_report(results: dict, path: str) -> None:
-    text = render_report(results)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    write_text(path, render_report(results))
 
 
 def render_report(results: dict) -> str:
@@ -137,7 +134,7 @@ def _header(results: dict) -> str:
             f"{c.get('shadow_framework') or 'same as the target'}.",
         ]
     else:
-        lines += [f"- Inputs: " + ", ".join(f"{k} `{v}`" for k, v in results.get("inputs", {}).items() if v) + "."]
+        lines += ["- Inputs: " + ", ".join(f"{k} `{v}`" for k, v in results.get("inputs", {}).items() if v) + "."]
     ps = ", ".join(_p_label(p) for p in study["ps"])
     lines += [
         f"- Attacks: {', '.join(ATTACK_LABELS.get(a, a) for a in study['attacks'])}; main table at K={study['k']} "

@@ -4,10 +4,11 @@ attacker's reference non-members, and a labelled probe split for feature quality
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
+
+from .fileio import write_json
 
 SPLIT_NAMES = ("target_members", "target_nonmembers", "shadow_members", "shadow_nonmembers",
                "reference", "probe_train", "probe_test")
@@ -75,10 +76,7 @@ class Splits:
     def to_json(self, path: str) -> None:
         doc = {"format": _FORMAT, "seed": self.seed, "num_samples": self.num_samples}
         doc.update({name: self[name].tolist() for name in SPLIT_NAMES})
-        tmp = f"{path}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(doc, f)
-        os.replace(tmp, path)
+        write_json(path, doc, indent=None)
 
     @classmethod
     def from_json(cls, path: str) -> "Splits":

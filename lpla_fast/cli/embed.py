@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..fileio import replace_atomically
 from ..splits import SPLIT_NAMES
 
 
@@ -58,8 +59,7 @@ def run(args) -> int:
                         include_clean=not args.no_clean, output=args.output, batch_size=args.batch_size)
     out_dir = os.path.dirname(os.path.abspath(args.out))
     os.makedirs(out_dir, exist_ok=True)
-    tmp = f"{args.out}.tmp.npy"
-    np.save(tmp, views.numpy().astype(np.float32, copy=False))
-    os.replace(tmp, args.out)
+    array = views.numpy().astype(np.float32, copy=False)
+    replace_atomically(args.out, lambda tmp: np.save(tmp, array))
     print(json.dumps({"out": args.out, "split": args.split, "shape": list(views.shape)}))
     return 0

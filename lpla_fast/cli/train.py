@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..fileio import write_json
+
 RUN_FILE, SPLITS_FILE, QUALITY_FILE = "run.json", "splits.json", "quality.json"
 
 
@@ -57,7 +59,7 @@ def run(args) -> int:
                          device=args.device, amp=args.amp, dataset=args.dataset, **overrides)
     os.makedirs(args.out, exist_ok=True)
     splits.to_json(os.path.join(args.out, SPLITS_FILE))
-    _write_json(os.path.join(args.out, RUN_FILE), {
+    write_json(os.path.join(args.out, RUN_FILE), {
         "dataset": args.dataset, "data_root": args.data_root, "image_size": config.image_size,
         "role": args.role, "split_seed": args.split_seed})
     members = splits[f"{args.role}_members"]
@@ -69,14 +71,8 @@ def run(args) -> int:
                for output in ("backbone", "head")}
     quality["train_seconds"] = seconds
     quality["members"] = int(len(members))
-    _write_json(os.path.join(args.out, QUALITY_FILE), quality)
+    write_json(os.path.join(args.out, QUALITY_FILE), quality, allow_nan=True)
     print(json.dumps({"out": args.out, "train_seconds": round(seconds, 2),
                       "linear_probe": quality["backbone"]["linear_probe"], "knn": quality["backbone"]["knn"]}))
     return 0
 
-
-def _write_json(path: str, doc: dict) -> None:
-    import json
-
-    with open(path, "w") as f:
-        json.dump(doc, f, indent=1)

@@ -12,6 +12,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ..fileio import replace_atomically, write_json
 from .backbones import BACKBONES, infer_out_dim, make_backbone
 from .base import Encoder
 from .config import EXTERNAL, TrainConfig
@@ -29,7 +30,7 @@ def save_encoder(encoder: Encoder, path: str, epochs_done: int | None = None) ->
         )
     os.makedirs(path, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in encoder.state_dict().items()}
-    _atomic(os.path.join(path, MODEL_FILE), lambda tmp: save_file(tensors, tmp))
+    replace_atomically(os.path.join(path, MODEL_FILE), lambda tmp: save_file(tensors, tmp))
     doc = {
         "format": FORMAT,
         "config": encoder.config.to_dict(),
@@ -37,7 +38,7 @@ def save_encoder(encoder: Encoder, path: str, epochs_done: int | None = None) ->
         "history": [float(x) for x in encoder.history_],
         "has_head": not isinstance(encoder.head, torch.nn.Identity),
     }
-    _atomic(os.path.join(path, CONFIG_FILE), lambda tmp: _write_json(doc, tmp))
+    write_json(os.path.join(path, CONFIG_FILE), doc, allow_nan=True)  # a diverged loss is still recorded
 
 
 def load_encoder(path: str, device="cpu") -> Encoder:
@@ -69,7 +70,7 @@ def read_config(path: str) -> dict:
 
 
 def save_training_state(path: str, state: dict) -> None:
-    _atomic(os.path.join(path, STATE_FILE), lambda tmp: torch.save(state, tmp))
+    replace_atomically(os.path.join(path, STATE_FILE), lambda tmp: torch.save(state, tmp))
 
 
 def load_training_state(path: str) -> dict | None:
@@ -99,13 +100,3 @@ def _read_tensors(path: str) -> dict:
     except (SafetensorError, OSError, ValueError) as exc:
         raise ValueError(f"checkpoint file {path!r} is corrupt or truncated: {exc}") from exc
 
-
-def _write_json(doc: dict, path: str) -> None:
-    with open(path, "w") as f:
-        json.dump(doc, f, indent=1)
-
-
-def _atomic(path: str, write) -> None:
-    tmp = f"{path}.tmp"
-    write(tmp)
-    os.replace(tmp, path)

@@ -23,7 +23,8 @@ import warnings
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
-from .manifest import Manifest, write_atomic
+from ..fileio import write_bytes
+from .manifest import Manifest
 from .shards import Chunk, Shard, ShardError, discover_shards, open_shard, shard_key
 
 STATS = ("lpla", "norm")
@@ -177,7 +178,7 @@ def write_part(scores_dir: str, name: str, table) -> None:
     sink = pa.BufferOutputStream()
     # Ids and scores are (nearly) all distinct: dictionary encoding would only cost time.
     pq.write_table(table, sink, use_dictionary=False)
-    write_atomic(os.path.join(scores_dir, name), sink.getvalue().to_pybytes())
+    write_bytes(os.path.join(scores_dir, name), sink.getvalue().to_pybytes(), durable=True)
 
 
 @dataclass
@@ -255,7 +256,7 @@ def finish_job(plan: JobPlan) -> Dict[str, object]:
     plan.manifest.complete = all(plan.manifest.is_done(s.path) or s.path in bad for s in plan.shards)
     plan.manifest.save()
     if plan.manifest.complete:
-        write_atomic(os.path.join(plan.config.out, "_SUCCESS"), b"")
+        write_bytes(os.path.join(plan.config.out, "_SUCCESS"), b"", durable=True)
     rows = sum(e.get("n_rows", 0) for e in plan.manifest.shards.values() if e.get("status") == "done")
     return {"rows": rows, "parts": len(listed), "bad_shards": bad, "complete": plan.manifest.complete}
 

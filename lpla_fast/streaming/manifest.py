@@ -13,27 +13,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from typing import Dict, List, Optional
+
+from ..fileio import write_bytes
 
 SCHEMA = "lpla_fast.score_manifest"
 VERSION = 1
-
-
-def write_atomic(path: str, data: bytes) -> None:
-    """Write bytes to path via a temporary file in the same folder and os.replace."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 class Manifest:
@@ -68,7 +53,7 @@ class Manifest:
 
     def save(self) -> None:
         d = {"schema": SCHEMA, "version": VERSION, "job": self.job, "complete": self.complete, "shards": self.shards}
-        write_atomic(self.path, json.dumps(d, indent=1, sort_keys=True).encode())
+        write_bytes(self.path, json.dumps(d, indent=1, sort_keys=True).encode(), durable=True)
 
     # --- per shard ------------------------------------------------------------------------
     def entry(self, shard: str) -> Optional[dict]:

@@ -1,0 +1,50 @@
+"""Atomic file writes: a reader (or a rerun after a crash) sees the old file or the new one,
+never half of one."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Callable
+
+
+def replace_atomically(path: str, write: Callable[[str], None]) -> None:
+    """Call `write(tmp)` on a temporary path in `path`'s folder, then rename it over `path`.
+
+    The temporary name ends with `path`'s own name, so writers that pick a format from the
+    extension (`np.save`, `savefig`) write the right one.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix="-" + os.path.basename(path))
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_bytes(path: str, data: bytes, durable: bool = False) -> None:
+    """Write bytes atomically; `durable` also fsyncs them before the rename (survives power loss)."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+
+    replace_atomically(path, write)
+
+
+def write_text(path: str, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str, doc, indent: int = 1, allow_nan: bool = False) -> None:
+    """JSON; NaN / Inf are refused unless `allow_nan` (they are not standard JSON)."""
+    write_text(path, json.dumps(doc, indent=indent, allow_nan=allow_nan))
