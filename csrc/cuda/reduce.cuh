@@ -328,7 +328,8 @@ inline at::Tensor with_contiguous_rows(const at::Tensor& t) {
 }
 
 // Launches over all rows of `rows` (N rows of D elements, see RowTable) writing their
-// Lp-norms to out[0, N) (a contiguous tensor of the result dtype). Defined in lp_norm.cu.
+// Lp-norms to out[0, N) (a contiguous tensor of the result dtype, or float64 for callers
+// that need norms beyond the fp32 range). Defined in lp_norm.cu.
 void lp_norm_rows(const at::Tensor& src, int64_t N, int64_t inner, int64_t outer_stride, int64_t inner_stride,
                   int64_t D, double p, at::Tensor& out);
 
