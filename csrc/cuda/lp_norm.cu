@@ -15,14 +15,14 @@ namespace lpla_fast {
 namespace cuda {
 
 // out[r] = ||row r||_p for r in [0, N); one group of G threads per row.
-template <int P, typename scalar_t>
+template <int P, typename scalar_t, typename out_t>
 __global__ void __launch_bounds__(kBlockThreads)
-    lp_norm_kernel(RowTable<scalar_t> rows, int64_t N, int64_t D, double p, int G, out_type<scalar_t>* out) {
+    lp_norm_kernel(RowTable<scalar_t> rows, int64_t N, int64_t D, double p, int G, out_t* out) {
   const int t = threadIdx.x % G;
   const int64_t groups = static_cast<int64_t>(gridDim.x) * (kBlockThreads / G);
   for (int64_t r = (static_cast<int64_t>(blockIdx.x) * kBlockThreads + threadIdx.x) / G; r < N; r += groups) {
     const double norm = row_norm<P>(rows.row(r), D, p, t, G);
-    if (t == 0) out[r] = to_out<out_type<scalar_t>>(norm);
+    if (t == 0) out[r] = to_out<out_t>(norm);
   }
 }
 
@@ -62,18 +62,22 @@ __global__ void __launch_bounds__(kBlockThreads)
 
 void lp_norm_rows(const at::Tensor& src, int64_t N, int64_t inner, int64_t outer_stride, int64_t inner_stride,
                   int64_t D, double p, at::Tensor& out) {
-  TORCH_INTERNAL_ASSERT(out.is_contiguous() && out.numel() == N && out.scalar_type() == result_dtype(src));
+  TORCH_INTERNAL_ASSERT(out.is_contiguous() && out.numel() == N &&
+                        (out.scalar_type() == result_dtype(src) || out.scalar_type() == at::kDouble));
   if (N == 0) return;
   const int G = group_size_for(D, src.element_size());
   const int blocks = blocks_for(N, G);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, src.scalar_type(), "lp_norm_cuda", [&] {
     const RowTable<scalar_t> rows{src.data_ptr<scalar_t>(), inner, outer_stride, inner_stride};
-    auto* out_ptr = out.data_ptr<out_type<scalar_t>>();
-    dispatch_p(p, [&](auto path) {
-      lp_norm_kernel<decltype(path)::value, scalar_t><<<blocks, kBlockThreads, 0, stream>>>(rows, N, D, p, G, out_ptr);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
+    const auto launch = [&](auto* out_ptr) {
+      dispatch_p(p, [&](auto path) {
+        lp_norm_kernel<decltype(path)::value, scalar_t><<<blocks, kBlockThreads, 0, stream>>>(rows, N, D, p, G, out_ptr);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
+    };
+    if (out.scalar_type() == at::kDouble) launch(out.data_ptr<double>());
+    else launch(out.data_ptr<out_type<scalar_t>>());
   });
 }
 

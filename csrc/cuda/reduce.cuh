@@ -266,8 +266,11 @@ __device__ __forceinline__ double root_p(double s, double p) {
 constexpr double kMinTrustedSum = 0x1p-900;
 
 // The BLAS-nrm2-style path, safe for any values: max|x| first, then the sum of
-// (|x| / 2^e)^p with 2^e just above max|x|, then 2^e * sum^(1/p). Two reads of the row
-// (the second mostly from cache).
+// (|x| / max|x|)^p, then max|x| * sum^(1/p). Two reads of the row (the second mostly from
+// cache). Dividing by max|x| itself (as the reference and the CPU kernels do) keeps the
+// largest term at exactly 1, so the sum cannot underflow however large p is; a power of two
+// just above max|x| would leave that term as small as 2^-p, which is 0 for p > 1074.
+// Dividing rather than multiplying by 1 / max|x|, which overflows for a subnormal max.
 template <int P, typename scalar_t>
 __device__ double row_norm_rescaled(const scalar_t* row, int64_t D, double p, int t, int G) {
   double m = 0.0;
@@ -275,16 +278,10 @@ __device__ double row_norm_rescaled(const scalar_t* row, int64_t D, double p, in
   m = group_allreduce(m, G, NanMax{});
   // NaN row -> NaN, Inf row -> Inf, zero (or empty) row -> 0.
   if (m != m || isinf(m) || m == 0.0) return m;
-  int e;
-  frexp(m, &e);  // m = f * 2^e with f in [0.5, 1)
-  // 2^-e split in two factors: for a subnormal max, 2^-e alone would overflow. Powers of two
-  // scale exactly.
-  const double s1 = ldexp(1.0, -e / 2);
-  const double s2 = ldexp(1.0, -e - (-e / 2));
   double s = 0.0;
-  for_each_in_row(row, D, t, G, [&](scalar_t v) { s += pow_p<P>(fabs(to_double(v)) * s1 * s2, p); });
+  for_each_in_row(row, D, t, G, [&](scalar_t v) { s += pow_p<P>(fabs(to_double(v)) / m, p); });
   s = group_allreduce(s, G, Plus{});
-  return ldexp(root_p<P>(s, p), e);
+  return m * root_p<P>(s, p);
 }
 
 // ||row||_p in double, returned to every thread of the group.
@@ -331,7 +328,8 @@ inline at::Tensor with_contiguous_rows(const at::Tensor& t) {
 }
 
 // Launches over all rows of `rows` (N rows of D elements, see RowTable) writing their
-// Lp-norms to out[0, N) (a contiguous tensor of the result dtype). Defined in lp_norm.cu.
+// Lp-norms to out[0, N) (a contiguous tensor of the result dtype, or float64 for callers
+// that need norms beyond the fp32 range). Defined in lp_norm.cu.
 void lp_norm_rows(const at::Tensor& src, int64_t N, int64_t inner, int64_t outer_stride, int64_t inner_stride,
                   int64_t D, double p, at::Tensor& out);
 

@@ -22,7 +22,7 @@ constexpr double kCosineEps = 1e-12;
 template <typename scalar_t>
 __global__ void __launch_bounds__(kBlockThreads)
     pair_cosine_kernel(RowTable<scalar_t> views, int64_t N, int64_t K, int64_t D,
-                       const out_type<scalar_t>* norms, int G, out_type<scalar_t>* out) {
+                       const double* norms, int G, out_type<scalar_t>* out) {
   const int t = threadIdx.x % G;
   const int64_t pairs = K * (K - 1) / 2;
   const int64_t groups = static_cast<int64_t>(gridDim.x) * (kBlockThreads / G);
@@ -37,8 +37,8 @@ __global__ void __launch_bounds__(kBlockThreads)
     }
     const int64_t j = i + 1 + q;
     // nan_max, not fmax: a NaN norm must give a NaN similarity, as in the reference.
-    const double inv_a = 1.0 / nan_max(to_double(norms[n * K + i]), kCosineEps);
-    const double inv_b = 1.0 / nan_max(to_double(norms[n * K + j]), kCosineEps);
+    const double inv_a = 1.0 / nan_max(norms[n * K + i], kCosineEps);
+    const double inv_b = 1.0 / nan_max(norms[n * K + j], kCosineEps);
     double dot = 0.0;
     for_each_in_rows(views.row(n * K + i), views.row(n * K + j), D, t, G,
                      [&](scalar_t a, scalar_t b) { dot += (to_double(a) * inv_a) * (to_double(b) * inv_b); });
@@ -57,14 +57,16 @@ at::Tensor view_cosine_cuda(const at::Tensor& views) {
   auto out = at::empty({N, K * (K - 1) / 2}, opts);
   if (out.numel() == 0) return out;
   const at::Tensor v = with_contiguous_rows(views);
-  auto norms = at::empty({N * K}, opts);
+  // float64 norms: the norm of an fp32/bf16 row near the top of the fp32 range overflows
+  // fp32, and an Inf norm would turn that row's similarities into 0.
+  auto norms = at::empty({N * K}, opts.dtype(at::kDouble));
   lp_norm_rows(v, N * K, K, v.stride(0), v.stride(1), D, 2.0, norms);
   const int G = group_size_for(D, v.element_size());
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, v.scalar_type(), "view_cosine_cuda", [&] {
     const RowTable<scalar_t> rows{v.data_ptr<scalar_t>(), K, v.stride(0), v.stride(1)};
     pair_cosine_kernel<scalar_t><<<blocks_for(out.numel(), G), kBlockThreads, 0, stream>>>(
-        rows, N, K, D, norms.data_ptr<out_type<scalar_t>>(), G, out.data_ptr<out_type<scalar_t>>());
+        rows, N, K, D, norms.data_ptr<double>(), G, out.data_ptr<out_type<scalar_t>>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
