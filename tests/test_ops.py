@@ -85,6 +85,18 @@ def test_lp_norm_huge_and_tiny_values(device, dtype, magnitude, p):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("p", [1100.0, 2000.0])
+def test_lp_norm_very_large_p(device, dtype, p):
+    # A row max that is a power of two is where a rescale by 2^-exponent (instead of by the
+    # max itself) would shrink every term below the smallest float.
+    x = torch.ones(3, 5, dtype=dtype, device=device)
+    x[1] = torch.tensor([0.5, -0.25, 0.5, 0.125, 0.0])
+    x[2] = torch.randn(5, generator=torch.Generator().manual_seed(5)).to(dtype)
+    assert_close(lpla_fast.lp_norm(x, p), reference.lp_norm(x.cpu(), p), dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
 @pytest.mark.parametrize("p", [1.0, 2.0, 2.5, 3.0, INF])
 def test_lp_norm_nan_and_inf_stay_in_their_row(device, dtype, p):
@@ -259,6 +271,16 @@ def test_view_cosine_zero_view_and_strides(device):
     out = lpla_fast.view_cosine(views)
     torch.testing.assert_close(out.cpu().double(), reference.view_cosine(views.cpu()), rtol=1e-5, atol=1e-5)
     assert (out[0, [1, 4, 7, 8]] == 0).all()  # every pair with view 2
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_view_cosine_near_float_max(device, dtype):
+    # The views' squared norms overflow float32: the normalisation must not.
+    views = torch.full((2, 3, 64), 3e38).to(dtype=dtype, device=device)
+    views[1, 1] *= -1
+    out = lpla_fast.view_cosine(views)
+    torch.testing.assert_close(out.cpu().double(), reference.view_cosine(views.cpu()), rtol=1e-5, atol=1e-5)
 
 
 # --- registration: opcheck and torch.compile ---------------------------------------------------
