@@ -145,8 +145,12 @@ double row_norm(const T* x, int64_t n, const NormSpec& spec) {
       const f32x8 rk = k == 0 ? splat8(1.0f) : k == 1 ? r : k == 2 ? r * r : r * r * r;
       return rk * vsqrt(r);
     });
+  } else if (lift == 1.0f) {
+    // The common case gets one multiply per element (lift * inv may overflow otherwise).
+    s = p < 1.0f ? sum_float_terms(x, n, [=](f32x8 v) { return pow_unit<true>(vabs(v) * inv, p); })
+                 : sum_float_terms(x, n, [=](f32x8 v) { return pow_unit<false>(vabs(v) * inv, p); });
   } else {
-    s = sum_float_terms(x, n, [=](f32x8 v) { return pow_unit(vabs(v) * lift * inv, p); });
+    s = sum_float_terms(x, n, [=](f32x8 v) { return pow_unit<true>(vabs(v) * lift * inv, p); });
   }
   return static_cast<double>(m) * std::pow(s, spec.inv_p);
 }

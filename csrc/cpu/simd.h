@@ -187,31 +187,26 @@ inline double short_row_sum(const T* x, int64_t n) {
   return hsum(widen_low(a) + widen_high(a)) + tail;
 }
 
-// max_i |x_i|, NaN when the row holds a NaN. The max itself ignores NaN (like vmaxps), so
-// a second vector sums |x|*0, which turns NaN when a NaN or an Inf passes; only then is
-// the row scanned again for NaN.
+// max_i |x_i|, NaN when the row holds a NaN. For non-negative floats the bit patterns order
+// like the values, with NaN above Inf, so one integer max per vector finds both (no
+// NaN probe and no rescan).
 template <class T>
 inline float abs_max(const T* x, int64_t n) {
-  f32x8 best0{}, best1{}, probe{};
+  i32x8 best0{}, best1{};
   for_each_block(x, n, [&](const T* b) {
     f32x8 lo, hi;
     load16(b, lo, hi);
-    lo = vabs(lo);
-    hi = vabs(hi);
-    best0 = lo > best0 ? lo : best0;
-    best1 = hi > best1 ? hi : best1;
-    probe += lo * 0.0f + hi * 0.0f;
+    const i32x8 a = reinterpret_cast<i32x8>(lo) & 0x7fffffff, c = reinterpret_cast<i32x8>(hi) & 0x7fffffff;
+    best0 = a > best0 ? a : best0;
+    best1 = c > best1 ? c : best1;
   });
   best0 = best1 > best0 ? best1 : best0;
-  float m = 0.0f, seen = 0.0f;
-  for (int l = 0; l < 8; ++l) {
-    m = best0[l] > m ? best0[l] : m;
-    seen += probe[l];
-  }
-  if (std::isnan(seen))
-    for (int64_t i = 0; i < n; ++i)
-      if (std::isnan(load1(x, i))) return std::numeric_limits<float>::quiet_NaN();
-  return m;
+  int32_t m = 0;
+  for (int l = 0; l < 8; ++l) m = best0[l] > m ? best0[l] : m;
+  if (m > 0x7f800000) return std::numeric_limits<float>::quiet_NaN();
+  float v;
+  std::memcpy(&v, &m, sizeof v);
+  return v;
 }
 
 inline double abs_max(const double* x, int64_t n) {
@@ -234,41 +229,53 @@ inline double abs_max(const double* x, int64_t n) {
 }
 
 // --- r^p for r in [0, 1] ---------------------------------------------------------------------
-// exp2(p log2 r) in float, branch-free. Relative error ~1e-7 where it matters (r near 1);
-// r below FLT_MIN (also subnormal) contributes 0.
+// exp2(p log2 r) in float, branch-free. The polynomials are minimax fits just below float
+// precision: log2 to 3e-8 absolute (a final norm error of ln2 * 3e-8 relative, whatever p)
+// and exp2 to 8e-8 relative. r below FLT_MIN contributes (about) 0, see pow_unit.
 
-inline f32x8 log2_unit(f32x8 r) {
-  const u32x8 bits = reinterpret_cast<u32x8>(r);
-  f32x8 e = __builtin_convertvector(reinterpret_cast<i32x8>(bits >> 23) - 127, f32x8);
-  f32x8 m = reinterpret_cast<f32x8>((bits & 0x007fffffu) | 0x3f800000u);  // [1, 2)
-  // Centre the mantissa on 1 ([sqrt(1/2), sqrt(2))) so the atanh series converges fast.
-  const i32x8 high = m > splat8(1.41421356f);
-  m = high ? m * 0.5f : m;
-  e = high ? e + 1.0f : e;
-  const f32x8 t = (m - 1.0f) / (m + 1.0f);
-  const f32x8 t2 = t * t;
-  const f32x8 series =
-      2.8853900817779268f +
-      t2 * (0.9617966939259756f + t2 * (0.5770780163555854f + t2 * (0.41219858311113244f + t2 * 0.3205988979753252f)));
-  return e + t * series;
+// max(a, b) in one instruction (the vector ternary compiles to compare and blend).
+inline f32x8 vmax(f32x8 a, f32x8 b) {
+#if defined(LPLA_X86_AVX2)
+  return (f32x8)_mm256_max_ps((__m256)a, (__m256)b);
+#elif defined(__SSE__)
+  const f32x4 lo = (f32x4)_mm_max_ps((__m128)__builtin_shufflevector(a, a, 0, 1, 2, 3),
+                                     (__m128)__builtin_shufflevector(b, b, 0, 1, 2, 3));
+  const f32x4 hi = (f32x4)_mm_max_ps((__m128)__builtin_shufflevector(a, a, 4, 5, 6, 7),
+                                     (__m128)__builtin_shufflevector(b, b, 4, 5, 6, 7));
+  return __builtin_shufflevector(lo, hi, 0, 1, 2, 3, 4, 5, 6, 7);
+#else
+  return a > b ? a : b;
+#endif
 }
 
+// log2(r) for r in [FLT_MIN, 1]; 0 gives exactly -127 and subnormals about -127.
+inline f32x8 log2_unit(f32x8 r) {
+  // r = 2^k m with m in [sqrt(1/2), sqrt(2)): subtracting the bits of sqrt(1/2) makes the
+  // exponent field k directly, with no compare and select.
+  const i32x8 bits = reinterpret_cast<i32x8>(r);
+  const i32x8 k = (bits - 0x3f3504f3) >> 23;
+  const f32x8 m = reinterpret_cast<f32x8>(bits - (k << 23));
+  // log2 m = t S(t^2), t = (m - 1) / (m + 1) in [-0.172, 0.172].
+  const f32x8 t = (m - 1.0f) / (m + 1.0f);
+  const f32x8 t2 = t * t;
+  const f32x8 s = 2.8853912893689335f + t2 * (0.961470808952959f + t2 * 0.5989738857107983f);
+  return t * s + __builtin_convertvector(k, f32x8);
+}
+
+// 2^y for y <= 0 (y <= -127 gives 0).
 inline f32x8 exp2_nonpositive(f32x8 y) {
-  y = y < splat8(-127.0f) ? splat8(-127.0f) : y;
-  y = y > splat8(64.0f) ? splat8(64.0f) : y;
-  // Round to nearest with the 1.5 * 2^23 trick (|y| < 2^22; no SSE4.1 round needed).
-  const f32x8 n = (y + 12582912.0f) - 12582912.0f;
-  const f32x8 f = y - n;  // [-0.5, 0.5]
+  y = vmax(y, splat8(-127.0f));
+  // Adding 1.5 * 2^23 + 127 rounds y to the integer n and leaves n + 127 in the low
+  // mantissa bits, which shifted into the exponent field are 2^n (0 for n = -127).
+  const f32x8 magic = splat8(12583039.0f);
+  const f32x8 shifted = y + magic;
+  const f32x8 f = y - (shifted - magic);  // [-0.5, 0.5]
   const f32x8 q =
-      1.0f +
-      f * (0.6931471805599453f +
-           f * (0.2402265069591007f +
-                f * (0.05550410866482158f +
-                     f * (0.009618129107628477f +
-                          f * (0.0013333558146428443f + f * (0.00015403530393381606f + f * 1.525273380405984e-05f))))));
-  // n = -127 gives a zero scale: terms below 2^-126.5 of the max are dropped.
-  const u32x8 scale = reinterpret_cast<u32x8>(__builtin_convertvector(n, i32x8) + 127) << 23;
-  return q * reinterpret_cast<f32x8>(scale);
+      1.0000000716546849f +
+      f * (0.6931469670647605f +
+           f * (0.24022119723840046f +
+                f * (0.055507132734977614f + f * (0.009675541334451691f + f * 0.0013276471992602875f))));
+  return q * reinterpret_cast<f32x8>(reinterpret_cast<i32x8>(shifted) << 23);
 }
 
 inline f32x8 vsqrt(f32x8 v) {
@@ -284,9 +291,14 @@ inline f32x8 vsqrt(f32x8 v) {
 #endif
 }
 
+// r^p for r in [0, 1]. log2_unit puts r below FLT_MIN in [-127, -126), so its term is at
+// most about 2^(-126 p): for p >= 1 that is 0 or negligible next to the row's largest term
+// (1), and only p < 1 needs the explicit zero.
+template <bool kSmallP>
 inline f32x8 pow_unit(f32x8 r, float p) {
   const f32x8 v = exp2_nonpositive(p * log2_unit(r));
-  return r >= splat8(FLT_MIN) ? v : f32x8{};
+  if constexpr (kSmallP) return r >= splat8(FLT_MIN) ? v : f32x8{};
+  return v;
 }
 
 // --- other row helpers -------------------------------------------------------------------------
