@@ -22,9 +22,13 @@ from torch import Tensor
 _ops = torch.ops.lpla_fast
 
 
-def _p(p) -> float:
+def check_p(p) -> float:
+    """p as a float, or a ValueError unless p is in (0, inf].
+
+    Checked here too (not only in C++) so that the fake kernels (torch.compile, meta) and
+    the Python layer raise the same error.
+    """
     p = float(p)
-    # Checked here too so that the fake kernels (torch.compile, meta) raise the same error.
     if math.isnan(p) or p <= 0:
         raise ValueError(f"p must be in (0, inf], got p={p}")
     return p
@@ -39,7 +43,7 @@ def lp_norm(x: Tensor, p: float = 2.0) -> Tensor:
     Returns:
         (...) float32 tensor (float64 for float64 input).
     """
-    return _ops.lp_norm(x, _p(p))
+    return _ops.lp_norm(x, check_p(p))
 
 
 def pooled_lp_norm(fmap: Tensor, p: float = 2.0, return_pooled: bool = True) -> Tuple[Optional[Tensor], Tensor]:
@@ -53,7 +57,7 @@ def pooled_lp_norm(fmap: Tensor, p: float = 2.0, return_pooled: bool = True) -> 
         pooled: (N, C) float32 (float64 for float64 input), or None.
         norms: (N,) Lp-norms of the pooled embeddings.
     """
-    pooled, norms = _ops.pooled_lp_norm(fmap, _p(p), bool(return_pooled))
+    pooled, norms = _ops.pooled_lp_norm(fmap, check_p(p), bool(return_pooled))
     return (pooled if return_pooled else None), norms
 
 
@@ -78,7 +82,7 @@ def lpla_score(
         scores: (N,) sum_k [log N(s_k; mean_in, std_in^2) - log N(s_k; mean_out, std_out^2)].
     """
     return _ops.lpla_score(
-        views, _p(p), float(mean_in), float(std_in), float(mean_out), float(std_out), bool(log_space)
+        views, check_p(p), float(mean_in), float(std_in), float(mean_out), float(std_out), bool(log_space)
     )
 
 

@@ -50,13 +50,6 @@ def _check_choice(name, value, allowed):
         raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
 
 
-def _check_p(p) -> float:
-    p = float(p)
-    if math.isnan(p) or p <= 0:
-        raise ValueError(f"p must be in (0, inf], got p={p}")
-    return p
-
-
 def view_statistic(views, p: float, statistic: str, name: str = "views") -> np.ndarray:
     """(N, K) float64 statistic of each view: ||z||_p or log ||z||_p (via `ops.lp_norm`)."""
     norms = ops.lp_norm(views, p).to(torch.float64).cpu().numpy()
@@ -71,7 +64,8 @@ def _transform(norms: np.ndarray, statistic: str, name: str) -> np.ndarray:
     return np.log(norms)
 
 
-def _moments(values: np.ndarray, min_std: float) -> Tuple[float, float]:
+def mean_std(values: np.ndarray, min_std: float) -> Tuple[float, float]:
+    """Mean and sample standard deviation (floored at min_std) of all the values."""
     values = values.reshape(-1)
     std = float(values.std(ddof=1)) if values.size > 1 else 0.0
     return float(values.mean()), max(std, min_std)
@@ -117,7 +111,7 @@ class LpLA(Attack):
             raise ValueError(f"reference_spread must be > 1, got {reference_spread}")
         if not 0 < reference_fpr < 1:
             raise ValueError(f"reference_fpr must be in (0, 1), got {reference_fpr}")
-        self.p = _check_p(p)
+        self.p = ops.check_p(p)
         self.statistic = statistic
         self.density = density
         self.aggregation = aggregation
@@ -143,7 +137,7 @@ class LpLA(Attack):
     def _reference_moments(self, views, name) -> Tuple[float, float]:
         if not self.standardize:
             return 0.0, 1.0
-        return _moments(self._stat(views, name), self.min_std)
+        return mean_std(self._stat(views, name), self.min_std)
 
     def _aggregate(self, t: np.ndarray) -> np.ndarray:
         """Values the densities are fitted on: every view (sum) or each sample's view mean."""
@@ -185,11 +179,11 @@ class LpLA(Attack):
             self.kde_out_ = _subsample(out_values, self.max_kde_points, rng)
             self.kde_in_ = None if in_values is None else _subsample(in_values, self.max_kde_points, rng)
             return
-        mean_out, std_out = _moments(out_values, self.min_std)
+        mean_out, std_out = mean_std(out_values, self.min_std)
         if in_values is None:
             mean_in, std_in = mean_out, self.reference_spread * std_out
         else:
-            mean_in, std_in = _moments(in_values, self.min_std)
+            mean_in, std_in = mean_std(in_values, self.min_std)
         self.calibration_ = LpLACalibration(
             p=self.p, log_space=self.statistic == "log", mean_in=mean_in, std_in=std_in,
             mean_out=mean_out, std_out=std_out, ref_mean=self.reference_moments_[0],
@@ -319,7 +313,7 @@ class LpLAPerExample:
     def __init__(self, p: float = 2.0, statistic: str = "log", standardize: bool = False,
                  fixed_variance: bool = False, min_per_side: int = 4, min_std: float = 1e-6):
         _check_choice("statistic", statistic, STATISTICS)
-        self.p = _check_p(p)
+        self.p = ops.check_p(p)
         self.statistic = statistic
         self.standardize = bool(standardize)
         self.fixed_variance = bool(fixed_variance)
@@ -332,7 +326,7 @@ class LpLAPerExample:
                 "min_per_side": self.min_per_side, "min_std": self.min_std}
 
     def _moments_of(self, views, name) -> Tuple[float, float]:
-        return _moments(view_statistic(as_views(views, name), self.p, self.statistic, name), self.min_std)
+        return mean_std(view_statistic(as_views(views, name), self.p, self.statistic, name), self.min_std)
 
     def fit(self, shadow_views: Sequence, in_mask, shadow_reference: Optional[Sequence] = None,
             target_reference=None) -> "LpLAPerExample":
@@ -343,7 +337,7 @@ class LpLAPerExample:
         views = [as_views(v, f"shadow_views[{s}]") for s, v in enumerate(shadow_views)]
         if len({int(v.shape[0]) for v in views}) != 1:
             raise ValueError(f"every shadow_views[s] must hold the same N candidates, got N={[v.shape[0] for v in views]}")
-        norms = np.stack([ops.lp_norm(v, self.p).to(torch.float64).numpy() for v in views])
+        norms = np.stack([view_statistic(v, self.p, "norm") for v in views])
         shadow_moments = target_moments = None
         if self.standardize:
             if shadow_reference is None or target_reference is None or len(shadow_reference) != len(views):

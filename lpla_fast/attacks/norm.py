@@ -14,11 +14,10 @@ import math
 from typing import Tuple
 
 import numpy as np
-import torch
 
 from .. import ops
 from .base import Attack, AttackerKnowledge, fit_orientation
-from .lpla import _check_p
+from .lpla import mean_std, view_statistic
 
 
 class NormThreshold(Attack):
@@ -31,7 +30,7 @@ class NormThreshold(Attack):
     name = "norm"
 
     def __init__(self, p: float = 2.0, standardize: bool = True, reference_fpr: float = 0.1):
-        self.p = _check_p(p)
+        self.p = ops.check_p(p)
         self.standardize = bool(standardize)
         self.reference_fpr = float(reference_fpr)
 
@@ -40,13 +39,12 @@ class NormThreshold(Attack):
                 "reference_fpr": self.reference_fpr}
 
     def _mean_norm(self, views) -> np.ndarray:
-        return ops.lp_norm(views, self.p).to(torch.float64).mean(dim=1).cpu().numpy()
+        return view_statistic(views, self.p, "norm").mean(axis=1)
 
     def _moments(self, views) -> Tuple[float, float]:
         if views is None:
             return 0.0, 1.0
-        values = self._mean_norm(views)
-        return float(values.mean()), max(float(values.std(ddof=1)) if values.size > 1 else 0.0, 1e-12)
+        return mean_std(self._mean_norm(views), min_std=1e-12)
 
     def fit(self, knowledge: AttackerKnowledge) -> "NormThreshold":
         self.mode_ = knowledge.level
