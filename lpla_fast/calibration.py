@@ -28,20 +28,12 @@ import torch
 from torch import Tensor
 
 from . import ops
-from .fileio import write_json
+from .fileio import decode_float, encode_float, write_json
 from .reference import gaussian_log_ratio
 
 SCHEMA = "lpla_fast.lpla_calibration"
 VERSION = 1
 AGGREGATIONS = ("sum", "mean")
-
-
-def _encode_p(p: float):
-    return "inf" if math.isinf(p) else p
-
-
-def _decode_p(p) -> float:
-    return math.inf if p in ("inf", "Infinity") else float(p)
 
 
 @dataclass(frozen=True)
@@ -98,7 +90,7 @@ class LpLACalibration:
     # --- JSON ------------------------------------------------------------------------
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["p"] = _encode_p(self.p)
+        d["p"] = encode_float(self.p)
         return {"schema": SCHEMA, "version": VERSION, **d}
 
     @classmethod
@@ -113,7 +105,7 @@ class LpLACalibration:
             raise ValueError(f"LpLA calibration is missing fields: {', '.join(missing)}")
         try:
             return cls(
-                p=_decode_p(d["p"]),
+                p=decode_float(d["p"]),
                 log_space=bool(d["log_space"]),
                 mean_in=float(d["mean_in"]),
                 std_in=float(d["std_in"]),

@@ -35,7 +35,7 @@ from torch import Tensor
 from . import metrics
 from .attacks import ATTACKS, AttackerKnowledge, make_attack
 from .attacks.base import LEVELS
-from .fileio import write_json
+from .fileio import decode_float, encode_float, write_json
 from .splits import SPLIT_NAMES, SplitSizes
 from .validation import as_views, check_same_dim
 
@@ -55,14 +55,6 @@ RESULTS_VERSION = 1
 
 
 # --- configuration ------------------------------------------------------------------------
-
-def _encode_float(x: float):
-    return "inf" if math.isinf(x) else x
-
-
-def _decode_float(x) -> float:
-    return math.inf if x in ("inf", "Infinity") else float(x)
-
 
 @dataclass
 class StudyConfig:
@@ -93,7 +85,7 @@ class StudyConfig:
     def __post_init__(self):
         self.attacks, self.sweep_attacks = tuple(self.attacks), tuple(self.sweep_attacks)
         self.ks, self.levels = tuple(int(k) for k in self.ks), tuple(self.levels)
-        self.ps = tuple(_decode_float(p) for p in self.ps)
+        self.ps = tuple(decode_float(p) for p in self.ps)
         for name in self.attacks + self.sweep_attacks + tuple(self.attack_params):
             if name not in ATTACKS:
                 raise ValueError(f"unknown attack {name!r}; choose from {', '.join(ATTACKS)}")
@@ -113,7 +105,7 @@ class StudyConfig:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["ps"] = [_encode_float(p) for p in self.ps]
+        d["ps"] = [encode_float(p) for p in self.ps]
         return d
 
     @classmethod

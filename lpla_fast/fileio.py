@@ -1,9 +1,10 @@
-"""Atomic file writes: a reader (or a rerun after a crash) sees the old file or the new one,
-never half of one."""
+"""Atomic file writes (a reader, or a rerun after a crash, sees the old file or the new one,
+never half of one), and the JSON spelling of an infinite p."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from typing import Callable
@@ -43,6 +44,16 @@ def write_bytes(path: str, data: bytes, durable: bool = False) -> None:
 
 def write_text(path: str, text: str) -> None:
     write_bytes(path, text.encode("utf-8"))
+
+
+def encode_float(x: float):
+    """A float for JSON, which has no infinity: inf becomes "inf" (p = inf is common here)."""
+    return "inf" if math.isinf(x) else x
+
+
+def decode_float(x) -> float:
+    """The inverse of encode_float (also accepts a float inf and "Infinity")."""
+    return math.inf if x in ("inf", "Infinity") else float(x)
 
 
 def write_json(path: str, doc, indent: int = 1, allow_nan: bool = False) -> None:

@@ -12,7 +12,7 @@ from typing import List
 
 import numpy as np
 
-from .fileio import replace_atomically
+from .fileio import decode_float, replace_atomically
 from .report import ATTACK_LABELS
 
 
@@ -116,7 +116,7 @@ def sweep_plot(records: list, key: str, xlabel: str, name: str, folder: str, sav
         return
     outputs, attacks = _labels(records, "output"), _labels(records, "attack")
     fig, axes = _figure(len(outputs), len(attacks), width=3.8, height=3.2)
-    values = sorted({_value(r[key]) for r in records})
+    values = sorted({decode_float(r[key]) for r in records})
     # K on a log2 axis at its value; p as evenly spaced categories (inf has no position).
     positions = {v: (v if key == "k" else i) for i, v in enumerate(values)}
     for i, output in enumerate(outputs):
@@ -129,7 +129,7 @@ def sweep_plot(records: list, key: str, xlabel: str, name: str, folder: str, sav
                     continue
                 # Dodge the frameworks sideways a little so their intervals do not hide each other.
                 dodge = 0.06 * (n - (len(frameworks) - 1) / 2)
-                xs = [positions[_value(r[key])] * 2 ** dodge if key == "k" else positions[_value(r[key])] + dodge
+                xs = [positions[decode_float(r[key])] * 2 ** dodge if key == "k" else positions[decode_float(r[key])] + dodge
                       for r in rows]
                 aucs = [r["metrics"]["auc"] for r in rows]
                 cis = [(r["metrics"].get("ci") or {}).get("auc") or [a, a] for r, a in zip(rows, aucs)]
@@ -143,10 +143,6 @@ def sweep_plot(records: list, key: str, xlabel: str, name: str, folder: str, sav
             ax.grid(True, alpha=0.3)
             ax.legend(fontsize=7)
     _save(fig, folder, name, saved)
-
-
-def _value(value) -> float:
-    return math.inf if value in ("inf", math.inf) else float(value)
 
 
 def _tick(value: float) -> str:

@@ -35,6 +35,7 @@ from scipy.special import logsumexp
 from scipy.stats import norm as normal
 
 from .. import ops
+from ..fileio import encode_float
 from ..calibration import LpLACalibration
 from ..validation import as_views
 from .base import Attack, AttackerKnowledge, best_threshold, check_views
@@ -124,7 +125,7 @@ class LpLA(Attack):
         self.seed = int(seed)
 
     def get_params(self) -> dict:
-        return {"p": "inf" if math.isinf(self.p) else self.p, "statistic": self.statistic,
+        return {"p": encode_float(self.p), "statistic": self.statistic,
                 "density": self.density, "aggregation": self.aggregation, "knowledge": self.knowledge,
                 "standardize": self.standardize, "reference_spread": self.reference_spread,
                 "reference_fpr": self.reference_fpr, "min_std": self.min_std,
@@ -321,7 +322,7 @@ class LpLAPerExample:
         self.min_std = float(min_std)
 
     def get_params(self) -> dict:
-        return {"p": "inf" if math.isinf(self.p) else self.p, "statistic": self.statistic,
+        return {"p": encode_float(self.p), "statistic": self.statistic,
                 "standardize": self.standardize, "fixed_variance": self.fixed_variance,
                 "min_per_side": self.min_per_side, "min_std": self.min_std}
 

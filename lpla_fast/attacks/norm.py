@@ -10,12 +10,12 @@ reference non-members only, the direction cannot be learned and the score is two
 
 from __future__ import annotations
 
-import math
 from typing import Tuple
 
 import numpy as np
 
 from .. import ops
+from ..fileio import encode_float
 from .base import Attack, AttackerKnowledge, fit_orientation
 from .lpla import mean_std, view_statistic
 
@@ -35,7 +35,7 @@ class NormThreshold(Attack):
         self.reference_fpr = float(reference_fpr)
 
     def get_params(self) -> dict:
-        return {"p": "inf" if math.isinf(self.p) else self.p, "standardize": self.standardize,
+        return {"p": encode_float(self.p), "standardize": self.standardize,
                 "reference_fpr": self.reference_fpr}
 
     def _mean_norm(self, views) -> np.ndarray:

@@ -23,7 +23,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
-from ..fileio import write_bytes
+from ..fileio import encode_float, write_bytes
 from .manifest import Manifest
 from .shards import Chunk, Shard, ShardError, discover_shards, open_shard, shard_key
 
@@ -95,7 +95,7 @@ def job_settings(config: ScoreConfig, calibration, p: float) -> dict:
     return {
         "calibration_sha256": digest,
         "stat": config.stat,
-        "p": "inf" if math.isinf(p) else p,
+        "p": encode_float(p),
         "batch_rows": config.batch_rows,
         "write_norms": config.write_norms,
     }
