@@ -57,7 +57,6 @@ def add_parser(subparsers) -> None:
 def load_views_file(path: str, flag: str):
     """A validated (N, K, D) float tensor from an .npy file (never unpickled)."""
     import numpy as np
-    import torch
 
     from ..validation import as_views
 
@@ -69,7 +68,7 @@ def load_views_file(path: str, flag: str):
         raise ValueError(f"{flag}: {path!r} is not a plain numeric .npy array ({exc})") from exc
     if array.dtype.kind not in "f":
         raise ValueError(f"{flag}: {path!r} holds dtype {array.dtype}; embeddings must be floating point")
-    return as_views(torch.from_numpy(np.ascontiguousarray(array)), f"{flag} ({os.path.basename(path)})")
+    return as_views(array, f"{flag} ({os.path.basename(path)})")
 
 
 def build_study(args):
