@@ -501,17 +501,14 @@ def head_views(encoder, backbone_views: Tensor, batch_size: int = 8192) -> Tenso
     Encoder.embed(x, "head") is head(backbone(x)), so this equals querying the head output
     with the same views, without a second pass through the backbone.
     """
+    from .encoders.base import evaluating
+
     n, k, d = backbone_views.shape
     device = next(encoder.parameters()).device
     flat = backbone_views.reshape(n * k, d)
-    was_training = encoder.training
-    encoder.eval()
-    try:
-        with torch.inference_mode():
-            parts = [encoder.head(flat[i:i + batch_size].to(device)).float().cpu()
-                     for i in range(0, n * k, batch_size)]
-    finally:
-        encoder.train(was_training)
+    with evaluating(encoder):
+        parts = [encoder.head(flat[i:i + batch_size].to(device)).float().cpu()
+                 for i in range(0, n * k, batch_size)]
     return torch.cat(parts).reshape(n, k, -1)
 
 

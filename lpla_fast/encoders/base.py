@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 from torch import Tensor, nn
 
 from .config import TrainConfig
 
 OUTPUTS = ("backbone", "head")
+
+
+@contextmanager
+def evaluating(module: nn.Module):
+    """Eval mode without autograd for the block; the module's training mode is restored after."""
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.inference_mode():
+            yield module
+    finally:
+        module.train(was_training)
 
 
 class Encoder(nn.Module):

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .base import Encoder, check_output
+from .base import Encoder, check_output, evaluating
 
 
 def extract_features(encoder: Encoder, images: Tensor, output: str = "backbone", batch_size: int = 512,
@@ -14,14 +14,9 @@ def extract_features(encoder: Encoder, images: Tensor, output: str = "backbone",
     """(N, D) float32 embeddings of the clean images, in eval mode."""
     check_output(output)
     device = torch.device(device) if device is not None else next(encoder.parameters()).device
-    was_training = encoder.training
-    encoder.eval()
-    try:
-        with torch.inference_mode():
-            parts = [encoder.embed(images[i:i + batch_size].to(device, torch.float32), output).float().cpu()
-                     for i in range(0, len(images), batch_size)]
-    finally:
-        encoder.train(was_training)
+    with evaluating(encoder):
+        parts = [encoder.embed(images[i:i + batch_size].to(device, torch.float32), output).float().cpu()
+                 for i in range(0, len(images), batch_size)]
     return torch.cat(parts).numpy()
 
 

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from ..augment import augment
-from .base import Encoder, check_output
+from .base import Encoder, check_output, evaluating
 
 # Randomness is drawn per block of this many images from a generator seeded by (seed, block):
 # the views of an image depend on the seed and its position, not on batch_size or device.
@@ -44,17 +44,12 @@ def query_views(encoder: Encoder, images: Tensor, K: int, policy: str = "default
     n = images.shape[0]
     out = torch.empty(n, K, encoder.embed_dim(output), dtype=torch.float32)
     per_forward = max(RANDOM_BLOCK, (batch_size // K) // RANDOM_BLOCK * RANDOM_BLOCK)
-    was_training = encoder.training
-    encoder.eval()
-    try:
-        with torch.inference_mode():
-            for start in range(0, n, per_forward):
-                batch = images[start:start + per_forward].to(device, torch.float32)
-                views = _views(batch, start, K, policy, seed, include_clean)
-                z = encoder.embed(views.flatten(0, 1), output)
-                out[start:start + len(batch)] = z.view(len(batch), K, -1).float().cpu()
-    finally:
-        encoder.train(was_training)
+    with evaluating(encoder):
+        for start in range(0, n, per_forward):
+            batch = images[start:start + per_forward].to(device, torch.float32)
+            views = _views(batch, start, K, policy, seed, include_clean)
+            z = encoder.embed(views.flatten(0, 1), output)
+            out[start:start + len(batch)] = z.view(len(batch), K, -1).float().cpu()
     return out
 
 
