@@ -270,91 +270,99 @@ namespace {
 template <class T>
 inline double plane_sum(const T* x, int64_t n) {
   if constexpr (!std::is_same_v<T, double>) {
-    const double s = n < 256 ? short_row_sum(x, n) : sum_float_terms(x, n, [](f32x8 v) { return v; });
+    double s;
+    if (n < 256) {
+      prefetch_ahead(x, n * static_cast<int64_t>(sizeof(T)));
+      s = short_row_sum(x, n);
+    } else {
+      s = sum_float_terms(x, n, [](f32x8 v) { return v; });
+    }
     if (std::isfinite(s)) return s;
   }
   return sum_terms(x, n, Identity{});
 }
 
+// Per-channel sums over H and W of one channels_last sample (channel stride 1). Positions
+// are read in memory order, each C-vector added into a float row (`partial`, C long, in L1)
+// that moves to the double sums every 16 positions.
 template <class T>
-using partial_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
-
-// Plane sums of fmap (N, C, H, W) into acc (N*C) doubles.
-template <class T>
-void pool_sums(const at::Tensor& fmap, double* acc) {
-  const int64_t N = fmap.size(0), C = fmap.size(1), H = fmap.size(2), W = fmap.size(3);
-  const int64_t sN = fmap.stride(0), sC = fmap.stride(1), sH = fmap.stride(2), sW = fmap.stride(3);
-  const int64_t HW = H * W;
-  const T* base = fmap.const_data_ptr<T>();
-  const bool planes_contiguous = (W == 1 || sW == 1) && (H == 1 || sH == W);
-  const bool channels_contiguous = C == 1 || sC == 1;
-  if (planes_contiguous) {
-    // NCHW: each (n, c) plane is H*W contiguous elements.
-    at::parallel_for(0, N * C, grain_rows(HW), [&](int64_t begin, int64_t end) {
-      // Walk (n, c) incrementally: a division per 49-element plane would cost as much as its sum.
-      int64_t n = begin / C, c = begin % C;
-      for (int64_t i = begin; i < end; ++i) {
-        acc[i] = plane_sum(base + n * sN + c * sC, HW);
-        if (++c == C) {
-          c = 0;
-          ++n;
-        }
-      }
-    });
-  } else if (channels_contiguous) {
-    // channels_last: add the C-vector of every (h, w) position into the sample's sums,
-    // in float for 16 positions at a time (exact enough, and no conversions per element).
-    at::parallel_for(0, N, grain_rows(C * HW), [&](int64_t begin, int64_t end) {
-      std::vector<partial_t<T>> partial(C);
-      for (int64_t n = begin; n < end; ++n) {
-        double* sums = acc + n * C;
-        std::fill(sums, sums + C, 0.0);
-        int64_t pending = 0;
-        auto flush = [&] {
-          for (int64_t c = 0; c < C; ++c) sums[c] += static_cast<double>(partial[c]);
-          std::fill(partial.begin(), partial.end(), partial_t<T>(0));
-          pending = 0;
-        };
-        flush();
-        for (int64_t h = 0; h < H; ++h)
-          for (int64_t w = 0; w < W; ++w) {
-            accumulate_row(base + n * sN + h * sH + w * sW, C, partial.data());
-            if (++pending == 16) flush();
-          }
-        flush();
-        if (!std::all_of(sums, sums + C, [](double v) { return std::isfinite(v); })) {
-          // Float partial sums overflowed (or the sample holds NaN / Inf): redo in double.
-          std::fill(sums, sums + C, 0.0);
-          for (int64_t h = 0; h < H; ++h)
-            for (int64_t w = 0; w < W; ++w)
-              for (int64_t c = 0; c < C; ++c)
-                sums[c] += static_cast<double>(load1(base + n * sN + h * sH + w * sW, c));
-        }
-      }
-    });
+void channels_last_sums(const T* sample, int64_t C, int64_t H, int64_t W, int64_t sH, int64_t sW, double* sums,
+                        std::vector<float>& partial) {
+  std::fill(sums, sums + C, 0.0);
+  auto exact = [&] {  // in double, element by element
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t w = 0; w < W; ++w) accumulate_row(sample + h * sH + w * sW, C, sums);
+  };
+  if constexpr (std::is_same_v<T, double>) {
+    exact();
   } else {
-    // Any other layout: one contiguous copy, then the NCHW path.
-    pool_sums<T>(fmap.contiguous(), acc);
+    partial.assign(C, 0.0f);
+    const T* rows[4];
+    int gathered = 0, pending = 0;
+    // Four positions per pass over `partial`: a quarter of its loads and stores.
+    auto add_gathered = [&] {
+      switch (gathered) {
+        case 4: accumulate_rows<4>(rows, C, partial.data()); break;
+        case 3: accumulate_rows<3>(rows, C, partial.data()); break;
+        case 2: accumulate_rows<2>(rows, C, partial.data()); break;
+        default: accumulate_rows<1>(rows, C, partial.data());
+      }
+      pending += gathered;
+      gathered = 0;
+      if (pending == 16) {
+        for (int64_t c = 0; c < C; ++c) sums[c] += static_cast<double>(partial[c]);
+        std::fill(partial.begin(), partial.end(), 0.0f);
+        pending = 0;
+      }
+    };
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t w = 0; w < W; ++w) {
+        rows[gathered++] = sample + h * sH + w * sW;
+        if (gathered == 4) add_gathered();
+      }
+    if (gathered > 0) add_gathered();
+    for (int64_t c = 0; c < C; ++c) sums[c] += static_cast<double>(partial[c]);
+    if (!std::all_of(sums, sums + C, [](double v) { return std::isfinite(v); })) {
+      // Float partial sums overflowed (or the sample holds NaN / Inf): redo in double.
+      std::fill(sums, sums + C, 0.0);
+      exact();
+    }
   }
 }
 
+// One pass per sample: its channel means (plane sums for NCHW, channel blocks for
+// channels_last) in a small double buffer, then their norm and the pooled row.
 template <class T>
 void pooled_norms(const at::Tensor& fmap, double p, bool return_pooled, at::Tensor& pooled, at::Tensor& norms) {
-  const int64_t N = fmap.size(0), C = fmap.size(1);
-  const double inv_area = 1.0 / static_cast<double>(fmap.size(2) * fmap.size(3));
-  auto sums = at::empty({N, C}, fmap.options().dtype(at::kDouble));
-  double* mean = sums.mutable_data_ptr<double>();
-  pool_sums<T>(fmap, mean);
+  const int64_t N = fmap.size(0), C = fmap.size(1), H = fmap.size(2), W = fmap.size(3);
+  const int64_t sN = fmap.stride(0), sC = fmap.stride(1), sH = fmap.stride(2), sW = fmap.stride(3);
+  const int64_t HW = H * W;
+  const bool planes_contiguous = (W == 1 || sW == 1) && (H == 1 || sH == W);
+  const bool channels_contiguous = C == 1 || sC == 1;
+  if (!planes_contiguous && !channels_contiguous) {
+    // Any other layout: one contiguous copy, then the NCHW path.
+    pooled_norms<T>(fmap.contiguous(), p, return_pooled, pooled, norms);
+    return;
+  }
+  const double inv_area = 1.0 / static_cast<double>(HW);
   const NormSpec spec(p);
+  const T* base = fmap.const_data_ptr<T>();
   auto* norm_dst = norms.mutable_data_ptr<out_t<T>>();
   auto* pooled_dst = return_pooled ? pooled.mutable_data_ptr<out_t<T>>() : nullptr;
-  at::parallel_for(0, N, grain_rows(C), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, N, grain_rows(C * HW), [&](int64_t begin, int64_t end) {
+    std::vector<double> mean(C);
+    std::vector<float> partial;
     for (int64_t n = begin; n < end; ++n) {
-      double* row = mean + n * C;
-      for (int64_t c = 0; c < C; ++c) row[c] *= inv_area;
-      norm_dst[n] = static_cast<out_t<T>>(C == 0 ? 0.0 : row_norm(row, C, spec));
+      const T* sample = base + n * sN;
+      if (planes_contiguous) {
+        for (int64_t c = 0; c < C; ++c) mean[c] = plane_sum(sample + c * sC, HW);
+      } else {
+        channels_last_sums(sample, C, H, W, sH, sW, mean.data(), partial);
+      }
+      for (int64_t c = 0; c < C; ++c) mean[c] *= inv_area;
+      norm_dst[n] = static_cast<out_t<T>>(C == 0 ? 0.0 : row_norm(mean.data(), C, spec));
       if (pooled_dst)
-        for (int64_t c = 0; c < C; ++c) pooled_dst[n * C + c] = static_cast<out_t<T>>(row[c]);
+        for (int64_t c = 0; c < C; ++c) pooled_dst[n * C + c] = static_cast<out_t<T>>(mean[c]);
     }
   });
 }
@@ -395,17 +403,29 @@ void score_rows(const at::Tensor& views, const NormSpec& spec, const GaussianLog
   const T* base = views.const_data_ptr<T>();
   auto* norm_dst = norms.mutable_data_ptr<out_t<T>>();
   auto* score_dst = scores.mutable_data_ptr<out_t<T>>();
+  // Norms of a block of samples first, then their scores: the log and the Gaussian terms
+  // stay out of the streaming loop, which then keeps as many reads in flight as lp_norm's.
+  constexpr int64_t kSamplesPerBlock = 64;
   at::parallel_for(0, N, grain_rows(K * D), [&](int64_t begin, int64_t end) {
     std::vector<T> buffer;
-    for (int64_t n = begin; n < end; ++n) {
-      double total = 0.0;
-      for (int64_t k = 0; k < K; ++k) {
-        const T* row = contiguous_row(base + n * sN + k * sK, D, sD, buffer);
-        const double s = D == 0 ? 0.0 : row_norm(row, D, spec);
-        norm_dst[n * K + k] = static_cast<out_t<T>>(s);
-        total += llr(log_space ? std::log(s) : s);
+    std::vector<double> block_norms(kSamplesPerBlock * K);
+    for (int64_t first = begin; first < end; first += kSamplesPerBlock) {
+      const int64_t last = std::min(end, first + kSamplesPerBlock);
+      double* s = block_norms.data();
+      for (int64_t n = first; n < last; ++n)
+        for (int64_t k = 0; k < K; ++k) {
+          const T* row = contiguous_row(base + n * sN + k * sK, D, sD, buffer);
+          *s++ = D == 0 ? 0.0 : row_norm(row, D, spec);
+        }
+      s = block_norms.data();
+      for (int64_t n = first; n < last; ++n) {
+        double total = 0.0;
+        for (int64_t k = 0; k < K; ++k, ++s) {
+          norm_dst[n * K + k] = static_cast<out_t<T>>(*s);
+          total += llr(log_space ? std::log(*s) : *s);
+        }
+        score_dst[n] = static_cast<out_t<T>>(total);
       }
-      score_dst[n] = static_cast<out_t<T>>(total);
     }
   });
 }

@@ -93,11 +93,28 @@ inline f64x4 vabs(f64x4 v) { return reinterpret_cast<f64x4>(reinterpret_cast<i64
 
 inline double hsum(f64x4 v) { return (v[0] + v[1]) + (v[2] + v[3]); }
 
+// How far ahead of the block being read to prefetch. The hardware streamer stops at each
+// 4 KiB page boundary and restarts slowly; asking for the line 2 KiB ahead keeps the next
+// page's reads in flight (measured: lp_norm 75 % -> 90-100 % of x.sum() bandwidth on the
+// 2-core CPU machine; 1 KiB gained less, 4 KiB the same). A prefetch never faults, so
+// reading past the end of x is harmless.
+constexpr int64_t kPrefetchBytes = 2048;
+
+// The cache lines of [x, x + bytes), kPrefetchBytes ahead, for loops over short rows that
+// do not go through for_each_block (consecutive rows continue each other's prefetches).
+inline void prefetch_ahead(const void* x, int64_t bytes) {
+  const char* ahead = static_cast<const char*>(x) + kPrefetchBytes;
+  for (int64_t offset = 0; offset < bytes; offset += 64) __builtin_prefetch(ahead + offset);
+}
+
 // body(block) for each 16-element block of x; the last partial block is a zero-padded copy.
 template <class T, class Body>
 inline void for_each_block(const T* x, int64_t n, Body&& body) {
   int64_t i = 0;
-  for (; i + kBlock <= n; i += kBlock) body(x + i);
+  for (; i + kBlock <= n; i += kBlock) {
+    __builtin_prefetch(reinterpret_cast<const char*>(x + i) + kPrefetchBytes);
+    body(x + i);
+  }
   if (i < n) {
     alignas(32) T pad[kBlock];
     std::memset(static_cast<void*>(pad), 0, sizeof pad);
@@ -327,22 +344,28 @@ inline void widen_row(const T* x, int64_t n, double* dst) {
   }
 }
 
-// sums[i] += float(x[i]) for a contiguous row (float, half, bfloat16).
-template <class T>
-inline void accumulate_row(const T* x, int64_t n, float* sums) {
+// sums[i] += float(x[0][i]) + ... + float(x[M-1][i]) for M contiguous rows (float, half,
+// bfloat16), in float.
+template <int M, class T>
+inline void accumulate_rows(const T* const* x, int64_t n, float* sums) {
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
     f32x8 acc;
     std::memcpy(&acc, sums + i, sizeof acc);
-    acc += load8(x + i);
+    for (int j = 0; j < M; ++j) {
+      __builtin_prefetch(reinterpret_cast<const char*>(x[j] + i) + kPrefetchBytes);
+      acc += load8(x[j] + i);
+    }
     std::memcpy(sums + i, &acc, sizeof acc);
   }
-  for (; i < n; ++i) sums[i] += load1(x, i);
+  for (; i < n; ++i)
+    for (int j = 0; j < M; ++j) sums[i] += load1(x[j], i);
 }
 
-// sums[i] += x[i] for a contiguous double row.
-inline void accumulate_row(const double* x, int64_t n, double* sums) {
-  for (int64_t i = 0; i < n; ++i) sums[i] += x[i];
+// sums[i] += x[i] for a contiguous row, in double.
+template <class T>
+inline void accumulate_row(const T* x, int64_t n, double* sums) {
+  for (int64_t i = 0; i < n; ++i) sums[i] += static_cast<double>(load1(x, i));
 }
 
 // sum_i a_i b_i of two double rows.
