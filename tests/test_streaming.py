@@ -9,14 +9,13 @@ import time
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 import torch
 
 from lpla_fast import ops
 from lpla_fast.calibration import LpLACalibration
-from lpla_fast.streaming import ScoreConfig, ShardError, save_bf16_npy, score_shards
+from lpla_fast.streaming import ScoreConfig, ShardError, read_scores, save_bf16_npy, score_shards
 
 D = 16
 K = 3
@@ -46,8 +45,8 @@ def make_npy_shards(folder, n_shards=3, rows=200, shape_tail=(K, D), dtype=np.fl
     return arrays
 
 
-def read_scores(out):
-    return pads.dataset(os.path.join(out, "scores")).to_table().sort_by("id")
+def locations(table):
+    return list(zip(table.column("shard").to_pylist(), table.column("row").to_pylist()))
 
 
 def run(tmp_path, calib_path, pattern, out="out", **kw):
@@ -58,16 +57,17 @@ def run(tmp_path, calib_path, pattern, out="out", **kw):
 
 
 def expected_scores(arrays, names, calib=None, dtype=None):
+    """(shard, row) of every row in sorted order, and their scores in that order."""
     calib = calib or calibration()
-    ids, scores = [], []
+    rows, scores = [], []
     for name, x in zip(names, arrays):
         t = torch.from_numpy(np.ascontiguousarray(x))
         if t.dim() == 2:
             t = t.unsqueeze(1)
         scores.append(calib.score(t if dtype is None else t.to(dtype))[1].double().numpy())
-        ids += [f"{name}:{r}" for r in range(len(x))]
-    order = np.argsort(np.array(ids))
-    return np.array(ids)[order], np.concatenate(scores)[order]
+        rows += [(name, r) for r in range(len(x))]
+    order = sorted(range(len(rows)), key=rows.__getitem__)
+    return [rows[i] for i in order], np.concatenate(scores)[order]
 
 
 # --- outputs -----------------------------------------------------------------------------
@@ -78,12 +78,23 @@ def test_scores_every_row_once_with_the_fused_op(tmp_path, calib_path):
     summary, out = run(tmp_path, calib_path, str(tmp_path / "emb" / "*.npy"))
     assert summary == {"rows": 600, "parts": 12, "bad_shards": {}, "complete": True}
     table = read_scores(out)
-    ids, scores = expected_scores(arrays, [f"shard-{i:02d}.npy" for i in range(3)])
-    assert table.column("id").to_pylist() == ids.tolist()
+    rows, scores = expected_scores(arrays, [f"shard-{i:02d}.npy" for i in range(3)])
+    assert locations(table) == rows and "id" not in table.column_names  # these shards have no ids
     np.testing.assert_array_equal(table.column("score").to_numpy(), scores)
     assert os.path.exists(os.path.join(out, "_SUCCESS"))
     manifest = json.load(open(os.path.join(out, "manifest.json")))
     assert manifest["complete"] and all(e["status"] == "done" for e in manifest["shards"].values())
+
+
+def test_read_scores_reads_only_listed_parts(tmp_path, calib_path):
+    make_npy_shards(tmp_path / "emb", n_shards=1, rows=100)
+    _, out = run(tmp_path, calib_path, str(tmp_path / "emb" / "*.npy"))
+    listed = read_scores(out)
+    stray = pq.read_table(os.path.join(out, "scores", os.listdir(os.path.join(out, "scores"))[0]))
+    pq.write_table(stray, os.path.join(out, "scores", "part-left-by-a-killed-run.parquet"))
+    assert read_scores(out).equals(listed) and listed.column("row").to_pylist() == list(range(100))
+    with pytest.raises(FileNotFoundError, match="no manifest.json"):
+        read_scores(str(tmp_path / "emb"))
 
 
 def test_norm_stat_and_written_norms(tmp_path):
@@ -92,7 +103,7 @@ def test_norm_stat_and_written_norms(tmp_path):
                          batch_rows=50, write_norms=True, progress=False)
     score_shards(config)
     table = pq.read_table(tmp_path / "out" / "scores")
-    rows = np.array([int(i.split(":")[1]) for i in table.column("id").to_pylist()])
+    rows = table.column("row").to_numpy()
     norms = ops.lp_norm(torch.from_numpy(arrays[0]), 3.0).numpy()[rows]
     np.testing.assert_allclose(np.stack(table.column("norms").to_numpy(zero_copy_only=False)), norms, rtol=1e-6)
     np.testing.assert_allclose(table.column("score").to_numpy(), norms.mean(axis=1), rtol=1e-6)
@@ -158,7 +169,7 @@ def test_kill9_mid_run_then_rerun_scores_every_row_exactly_once(tmp_path, calib_
     assert rerun.returncode == 0, stderr
     assert json.loads(stdout)["complete"]
     table, expected = read_scores(out), read_scores(reference)
-    assert table.num_rows == 900 and len(set(table.column("id").to_pylist())) == 900
+    assert table.num_rows == 900 and len(set(locations(table))) == 900
     assert table.equals(expected)
     assert sorted(os.listdir(os.path.join(out, "scores"))) == sorted(os.listdir(os.path.join(reference, "scores")))
 
@@ -180,9 +191,9 @@ def test_half_precision_npy(tmp_path, calib_path, dtype):
         np.save(folder / "a.npy", x.numpy())
         name, torch_dtype = "a.npy", torch.float16
     run(tmp_path, calib_path, str(folder))
-    ids, scores = expected_scores([x.float().numpy()], [name], dtype=torch_dtype)
+    rows, scores = expected_scores([x.float().numpy()], [name], dtype=torch_dtype)
     table = read_scores(str(tmp_path / "out"))
-    assert table.column("id").to_pylist() == ids.tolist()
+    assert locations(table) == rows
     np.testing.assert_array_equal(table.column("score").to_numpy(), scores)
 
 
@@ -215,7 +226,7 @@ def test_parquet_shards_read_across_row_groups(tmp_path, calib_path, k):
     write_parquet(tmp_path / "emb" / "a.parquet", x, ids)
     run(tmp_path, calib_path, str(tmp_path / "emb" / "*.parquet"), batch_rows=64)
     table = read_scores(str(tmp_path / "out"))
-    assert table.column("id").to_pylist() == ids
+    assert table.column("id").to_pylist() == ids and locations(table) == [("a.parquet", r) for r in range(230)]
     np.testing.assert_array_equal(table.column("score").to_numpy(), calibration().score(torch.from_numpy(x))[1].double().numpy())
 
 
@@ -286,9 +297,9 @@ def test_skip_bad_shards_records_them_and_scores_the_rest(tmp_path, calib_path, 
     assert manifest["shards"][bad_path]["status"] == "bad"
     assert manifest["shards"][bad_path]["reason"]
     good = [0, 2] if name == "shard-01.npy" else [0, 1, 2]
-    ids, scores = expected_scores([arrays[i] for i in good], [f"shard-{i:02d}.npy" for i in good])
+    rows, scores = expected_scores([arrays[i] for i in good], [f"shard-{i:02d}.npy" for i in good])
     table = read_scores(out)
-    assert table.column("id").to_pylist() == ids.tolist()
+    assert locations(table) == rows
     np.testing.assert_array_equal(table.column("score").to_numpy(), scores)
 
 

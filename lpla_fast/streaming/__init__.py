@@ -4,10 +4,10 @@
 summary; the outputs and the manifest are described in `lpla_fast.streaming.job`.
 """
 
-from .job import ScoreConfig
+from .job import ScoreConfig, read_scores
 from .shards import ShardError, discover_shards, open_shard, save_bf16_npy
 
-__all__ = ["ScoreConfig", "ShardError", "discover_shards", "open_shard", "save_bf16_npy", "score_shards"]
+__all__ = ["ScoreConfig", "ShardError", "discover_shards", "open_shard", "read_scores", "save_bf16_npy", "score_shards"]
 
 
 def score_shards(config: ScoreConfig) -> dict:

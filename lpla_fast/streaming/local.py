@@ -86,6 +86,11 @@ def _writer(plan: JobPlan, inbox: queue.Queue, errors: list) -> None:
     while True:
         item = inbox.get()
         if item is _DONE:
+            try:  # list what was committed, even when the job stops on an error
+                plan.manifest.save_if_unsaved()
+            except BaseException as exc:
+                if not errors:
+                    errors.append(exc)
             return
         if errors:
             continue  # a failed commit stops all later ones; drain
@@ -96,7 +101,7 @@ def _writer(plan: JobPlan, inbox: queue.Queue, errors: list) -> None:
                 name = part_name(shard, start, stop)
                 write_part(plan.scores_dir, name, table)
                 plan.manifest.commit_chunk(shard, start, stop, name)
-                plan.manifest.save()
+                plan.manifest.save_if_due()
             else:
                 plan.record_bad(shard, rest[0])
         except BaseException as exc:
@@ -174,11 +179,16 @@ def run_local(config: ScoreConfig) -> Dict[str, object]:
 def _score(plan: JobPlan, chunk, views, pool, device: str):
     if pool is None:
         return plan.scorer.score_chunk(chunk)
+    import torch
+
     staged, buf = views
     try:
         gpu = staged.to(device, non_blocking=True)
         norms, scores = plan.scorer.scores(gpu)
         norms, scores = norms.cpu(), scores.cpu()  # synchronizes: the buffer is free again
+    except BaseException:
+        torch.cuda.synchronize(device)  # the copy from buf may still be running
+        raise
     finally:
         pool.free.put(buf)
     plan.scorer.check(chunk, norms, scores)

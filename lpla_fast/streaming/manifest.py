@@ -6,19 +6,24 @@ reason it was skipped as bad. A part file is committed in two atomic steps: it i
 to a temporary name and renamed into ``OUT/scores/``, then the manifest (also written to a
 temporary file and renamed) lists it. A kill between the two leaves a part the manifest does
 not list; the rerun writes it again under the same deterministic name, so every row ends up
-in exactly one listed part.
+in exactly one listed part. The engines save the manifest at most once a second
+(`save_if_due`) and when they stop: rewriting a file that lists every part after each part
+would cost time quadratic in the number of parts, and a kill only loses the last second's
+listings (the rerun redoes those chunks).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Dict, List, Optional
 
 from ..fileio import write_bytes
 
 SCHEMA = "lpla_fast.score_manifest"
 VERSION = 1
+SAVE_INTERVAL_S = 1.0
 
 
 class Manifest:
@@ -29,6 +34,8 @@ class Manifest:
         self.job = job
         self.shards: Dict[str, dict] = shards or {}
         self.complete = complete
+        self._saved_at = time.monotonic()
+        self._unsaved = False
 
     @classmethod
     def open(cls, path: str, job: dict, overwrite: bool = False) -> "Manifest":
@@ -54,6 +61,17 @@ class Manifest:
     def save(self) -> None:
         d = {"schema": SCHEMA, "version": VERSION, "job": self.job, "complete": self.complete, "shards": self.shards}
         write_bytes(self.path, json.dumps(d, indent=1, sort_keys=True).encode(), durable=True)
+        self._saved_at = time.monotonic()
+        self._unsaved = False
+
+    def save_if_due(self, interval: float = SAVE_INTERVAL_S) -> None:
+        """Save if chunks were committed since the last save and that save is `interval` s old."""
+        if self._unsaved and time.monotonic() - self._saved_at >= interval:
+            self.save()
+
+    def save_if_unsaved(self) -> None:
+        if self._unsaved:
+            self.save()
 
     # --- per shard ------------------------------------------------------------------------
     def entry(self, shard: str) -> Optional[dict]:
@@ -77,6 +95,7 @@ class Manifest:
     def commit_chunk(self, shard: str, start: int, stop: int, part: str) -> None:
         e = self.shards[shard]
         e["parts"][str(start)] = [stop, part]
+        self._unsaved = True
         if sum(stop - int(s) for s, (stop, _) in e["parts"].items()) == e["n_rows"]:
             e["status"] = "done"
 

@@ -100,16 +100,19 @@ def _run(plan: JobPlan, config: ScoreConfig) -> None:
         num_gpus=1 if gpu else None,
     )
     bad = set()
-    for record in ds.iter_rows():
-        shard, start, stop = str(record["shard"]), int(record["start"]), int(record["stop"])
-        if shard in bad:
-            continue
-        if record["error"]:
-            if not config.skip_bad_shards:
-                raise ShardError(shard, record["error"])
-            bad.add(shard)
-            plan.record_bad(shard, record["error"])
-            continue
-        plan.manifest.commit_chunk(shard, start, stop, part_name(shard, start, stop))
-        plan.manifest.save()
+    try:
+        for record in ds.iter_rows():
+            shard, start, stop = str(record["shard"]), int(record["start"]), int(record["stop"])
+            if shard in bad:
+                continue
+            if record["error"]:
+                if not config.skip_bad_shards:
+                    raise ShardError(shard, record["error"])
+                bad.add(shard)
+                plan.record_bad(shard, record["error"])
+                continue
+            plan.manifest.commit_chunk(shard, start, stop, part_name(shard, start, stop))
+            plan.manifest.save_if_due()
+    finally:
+        plan.manifest.save_if_unsaved()  # what was committed before an error stays committed
     # Parts of a bad shard finished after it was found bad are unlisted; finish_job drops them.

@@ -5,8 +5,8 @@ Two formats:
 * ``.npy`` (memory-mapped, never unpickled) of shape (N, D) or (N, K, D) in float32 or
   float16. numpy has no bfloat16, so a bfloat16 shard is stored as its raw bit patterns in a
   uint16 ``.npy`` whose name ends in ``.bf16.npy`` (see `save_bf16_npy`). Sample ids come
-  from an optional sidecar ``<stem>.ids.npy`` (N,) of integers or strings; without one the
-  id of row r is the string ``"<shard file name>:<r>"``.
+  from an optional sidecar ``<stem>.ids.npy`` (N,) of integers or strings; without one a
+  sample is known by its shard and row alone.
 * Parquet with an id column and an embedding column of fixed-size lists: (N, D) is
   ``fixed_size_list<float, D>``, (N, K, D) is ``fixed_size_list<fixed_size_list<float, D>, K>``
   (float32, float16 or float64 values); the id column may be of any type. A chunk of rows
@@ -83,7 +83,8 @@ def save_bf16_npy(path: str, x) -> None:
 
 @dataclass
 class Chunk:
-    """Rows [start, stop) of one shard: ids (pyarrow array) and views (n, K, D) numpy."""
+    """Rows [start, stop) of one shard: ids (pyarrow array, or None when the shard has no
+    ids) and views (n, K, D) numpy."""
 
     shard: str
     start: int
@@ -201,10 +202,7 @@ class NpyShard(Shard):
         import pyarrow as pa
 
         views = self._array[start:stop]
-        if self._ids is not None:
-            ids = pa.array(self._ids[start:stop])
-        else:
-            ids = _row_ids(os.path.basename(self.path), start, stop)
+        ids = pa.array(self._ids[start:stop]) if self._ids is not None else None
         return Chunk(self.path, start, stop, ids, views, bf16=self.bf16)
 
     def prefetch(self, start: int, stop: int) -> None:
@@ -226,14 +224,6 @@ class NpyShard(Shard):
             last = last // mmap.PAGESIZE * mmap.PAGESIZE
         if last > first:
             self._mmap.madvise(mmap.MADV_DONTNEED, first, last - first)
-
-
-def _row_ids(name: str, start: int, stop: int):
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    rows = pc.cast(pa.array(np.arange(start, stop, dtype=np.int64)), pa.string())
-    return pc.binary_join_element_wise(pa.scalar(name), rows, ":")
 
 
 def _read_npy_header(path: str):
