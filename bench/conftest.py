@@ -22,6 +22,9 @@ RESULTS = []
 
 
 def pytest_collect_file(file_path, parent):
+    # A file named on the command line is collected by pytest itself: do not collect it twice.
+    if parent.session.isinitpath(file_path):
+        return None
     if file_path.suffix == ".py" and file_path.name.startswith("bench_"):
         return pytest.Module.from_parent(parent, path=file_path)
     return None
