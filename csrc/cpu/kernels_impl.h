@@ -330,8 +330,10 @@ void channels_last_sums(const T* sample, int64_t C, int64_t H, int64_t W, int64_
   }
 }
 
-// One pass per sample: its channel means (plane sums for NCHW, channel blocks for
-// channels_last) in a small double buffer, then their norm and the pooled row.
+// One pass per sample: its channel means (plane sums for NCHW, position rows for
+// channels_last) in a C-long double buffer, then their norm and the pooled row. Samples are
+// the unit of parallel work (no N x C buffer to allocate and read again); a batch of one
+// feature map runs on one thread.
 template <class T>
 void pooled_norms(const at::Tensor& fmap, double p, bool return_pooled, at::Tensor& pooled, at::Tensor& norms) {
   const int64_t N = fmap.size(0), C = fmap.size(1), H = fmap.size(2), W = fmap.size(3);

@@ -291,7 +291,10 @@ def read_scores(out: str):
         raise FileNotFoundError(f"{out} holds no scoring job (no manifest.json)")
     with open(path) as f:
         shards = json.load(f).get("shards", {})
-    names = [name for shard in sorted(shards) for _, (_, name) in sorted((int(start), part) for start, part in shards[shard].get("parts", {}).items())]
+    names = []
+    for shard in sorted(shards):
+        parts = shards[shard].get("parts", {})  # {start: [stop, part file]}
+        names += [parts[start][1] for start in sorted(parts, key=int)]
     if not names:
         return pa.table({"shard": pa.array([], pa.dictionary(pa.int32(), pa.string())), "row": pa.array([], pa.int64()),
                          "score": pa.array([], pa.float64())})
