@@ -8,6 +8,7 @@ state. The direction of a raw statistic is always learned from data with known l
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, fields
 from typing import Optional, Tuple
 
@@ -15,6 +16,7 @@ import numpy as np
 from torch import Tensor
 
 from .. import metrics
+from ..fileio import encode_float
 from ..validation import as_views, check_same_dim
 
 LEVELS = ("reference", "shadow", "audit")
@@ -135,6 +137,14 @@ def best_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
     return float(order[int(np.argmax(tpr[1:] - fpr[1:]))])
 
 
+def init_params(obj) -> dict:
+    """The constructor arguments of obj, read back from the attributes of the same names
+    (every attack stores each argument under its own name); floats JSON-safe (p = inf)."""
+    signature = inspect.signature(type(obj).__init__)
+    names = [n for n, a in signature.parameters.items() if n != "self" and a.kind not in (a.VAR_POSITIONAL, a.VAR_KEYWORD)]
+    return {n: encode_float(v) if isinstance(v, float) else v for n, v in ((n, getattr(obj, n)) for n in names)}
+
+
 class Attack:
     """Base class: shared checks, threshold prediction and the JSON envelope."""
 
@@ -142,7 +152,7 @@ class Attack:
     min_views = 1
 
     def get_params(self) -> dict:
-        raise NotImplementedError
+        return init_params(self)
 
     def _state(self) -> dict:
         raise NotImplementedError

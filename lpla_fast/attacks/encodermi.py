@@ -67,9 +67,6 @@ class EncoderMIThreshold(_EncoderMIBase):
 
     name = "encodermi-t"
 
-    def get_params(self) -> dict:
-        return {}
-
     def fit(self, knowledge: AttackerKnowledge) -> "EncoderMIThreshold":
         f_in, f_out = self._training_features(knowledge)
         self.sign_, self.threshold_ = fit_orientation(f_in.mean(axis=1), f_out.mean(axis=1))
@@ -99,9 +96,6 @@ class EncoderMIVector(_EncoderMIBase):
         self.max_iter = int(max_iter)
         self.alpha = float(alpha)
         self.seed = int(seed)
-
-    def get_params(self) -> dict:
-        return {"hidden": self.hidden, "max_iter": self.max_iter, "alpha": self.alpha, "seed": self.seed}
 
     def fit(self, knowledge: AttackerKnowledge) -> "EncoderMIVector":
         f_in, f_out = self._training_features(knowledge)
@@ -158,10 +152,6 @@ class EncoderMISet(_EncoderMIBase):
         self.lr = float(lr)
         self.weight_decay = float(weight_decay)
         self.seed = int(seed)
-
-    def get_params(self) -> dict:
-        return {"hidden": self.hidden, "steps": self.steps, "batch_size": self.batch_size, "lr": self.lr, "weight_decay": self.weight_decay,
-                "seed": self.seed}
 
     def _model(self) -> torch.nn.ModuleDict:
         h = self.hidden

@@ -108,10 +108,6 @@ class KNNAttack(Attack):
         self.k, self.metric, self.index = int(k), metric, index
         self.nlist, self.nprobe, self.use_gpu = int(nlist), int(nprobe), use_gpu
 
-    def get_params(self) -> dict:
-        return {"k": self.k, "metric": self.metric, "index": self.index, "nlist": self.nlist,
-                "nprobe": self.nprobe, "use_gpu": self.use_gpu}
-
     def _index(self, bank_views, name: str):
         bank = sample_embeddings(bank_views, self.metric)
         if bank.shape[0] < self.k:

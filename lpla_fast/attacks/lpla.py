@@ -35,10 +35,9 @@ from scipy.special import logsumexp
 from scipy.stats import norm as normal
 
 from .. import ops
-from ..fileio import encode_float
 from ..calibration import LpLACalibration
 from ..validation import as_views
-from .base import Attack, AttackerKnowledge, best_threshold, check_views
+from .base import Attack, AttackerKnowledge, best_threshold, check_views, init_params
 
 STATISTICS = ("log", "norm")
 DENSITIES = ("gaussian", "kde")
@@ -123,13 +122,6 @@ class LpLA(Attack):
         self.min_std = float(min_std)
         self.max_kde_points = int(max_kde_points)
         self.seed = int(seed)
-
-    def get_params(self) -> dict:
-        return {"p": encode_float(self.p), "statistic": self.statistic,
-                "density": self.density, "aggregation": self.aggregation, "knowledge": self.knowledge,
-                "standardize": self.standardize, "reference_spread": self.reference_spread,
-                "reference_fpr": self.reference_fpr, "min_std": self.min_std,
-                "max_kde_points": self.max_kde_points, "seed": self.seed}
 
     # --- fitting ------------------------------------------------------------------
     def _stat(self, views, name) -> np.ndarray:
@@ -322,9 +314,7 @@ class LpLAPerExample:
         self.min_std = float(min_std)
 
     def get_params(self) -> dict:
-        return {"p": encode_float(self.p), "statistic": self.statistic,
-                "standardize": self.standardize, "fixed_variance": self.fixed_variance,
-                "min_per_side": self.min_per_side, "min_std": self.min_std}
+        return init_params(self)
 
     def _moments_of(self, views, name) -> Tuple[float, float]:
         return mean_std(view_statistic(as_views(views, name), self.p, self.statistic, name), self.min_std)

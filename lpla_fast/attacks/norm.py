@@ -15,7 +15,6 @@ from typing import Tuple
 import numpy as np
 
 from .. import ops
-from ..fileio import encode_float
 from .base import Attack, AttackerKnowledge, fit_orientation
 from .lpla import mean_std, view_statistic
 
@@ -33,10 +32,6 @@ class NormThreshold(Attack):
         self.p = ops.check_p(p)
         self.standardize = bool(standardize)
         self.reference_fpr = float(reference_fpr)
-
-    def get_params(self) -> dict:
-        return {"p": encode_float(self.p), "standardize": self.standardize,
-                "reference_fpr": self.reference_fpr}
 
     def _mean_norm(self, views) -> np.ndarray:
         return view_statistic(views, self.p, "norm").mean(axis=1)
