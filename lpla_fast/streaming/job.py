@@ -278,7 +278,8 @@ def finish_job(plan: JobPlan) -> Dict[str, object]:
 
 
 def read_scores(out: str):
-    """The scores of the job in `out` as one pyarrow table, in (shard, row) order.
+    """The scores of the job in `out` as one pyarrow table: shard by shard, each shard's rows
+    in order.
 
     Reads the parts the manifest lists (never a stray part of a killed run). Parts of shards
     without sample ids get a null ``id`` when other shards have ids.
@@ -289,12 +290,7 @@ def read_scores(out: str):
     path = os.path.join(out, "manifest.json")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{out} holds no scoring job (no manifest.json)")
-    with open(path) as f:
-        shards = json.load(f).get("shards", {})
-    names = []
-    for shard in sorted(shards):
-        parts = shards[shard].get("parts", {})  # {start: [stop, part file]}
-        names += [parts[start][1] for start in sorted(parts, key=int)]
+    names = Manifest.load(path).part_files()  # part names sort by shard, then first row
     if not names:
         return pa.table({"shard": pa.array([], pa.dictionary(pa.int32(), pa.string())), "row": pa.array([], pa.int64()),
                          "score": pa.array([], pa.float64())})
