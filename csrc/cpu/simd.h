@@ -100,11 +100,13 @@ inline double hsum(f64x4 v) { return (v[0] + v[1]) + (v[2] + v[3]); }
 // reading past the end of x is harmless.
 constexpr int64_t kPrefetchBytes = 2048;
 
+// The cache line kPrefetchBytes ahead of x: called once per 64 bytes (or less) a loop reads.
+inline void prefetch_line_ahead(const void* x) { __builtin_prefetch(static_cast<const char*>(x) + kPrefetchBytes); }
+
 // The cache lines of [x, x + bytes), kPrefetchBytes ahead, for loops over short rows that
 // do not go through for_each_block (consecutive rows continue each other's prefetches).
 inline void prefetch_ahead(const void* x, int64_t bytes) {
-  const char* ahead = static_cast<const char*>(x) + kPrefetchBytes;
-  for (int64_t offset = 0; offset < bytes; offset += 64) __builtin_prefetch(ahead + offset);
+  for (int64_t offset = 0; offset < bytes; offset += 64) prefetch_line_ahead(static_cast<const char*>(x) + offset);
 }
 
 // body(block) for each 16-element block of x; the last partial block is a zero-padded copy.
@@ -112,7 +114,7 @@ template <class T, class Body>
 inline void for_each_block(const T* x, int64_t n, Body&& body) {
   int64_t i = 0;
   for (; i + kBlock <= n; i += kBlock) {
-    __builtin_prefetch(reinterpret_cast<const char*>(x + i) + kPrefetchBytes);
+    prefetch_line_ahead(x + i);
     body(x + i);
   }
   if (i < n) {
@@ -353,7 +355,7 @@ inline void accumulate_rows(const T* const* x, int64_t n, float* sums) {
     f32x8 acc;
     std::memcpy(&acc, sums + i, sizeof acc);
     for (int j = 0; j < M; ++j) {
-      __builtin_prefetch(reinterpret_cast<const char*>(x[j] + i) + kPrefetchBytes);
+      prefetch_line_ahead(x[j] + i);
       acc += load8(x[j] + i);
     }
     std::memcpy(sums + i, &acc, sizeof acc);
