@@ -2,6 +2,7 @@
 
     pytest bench/bench_score.py --benchmark-only -s          # LPLA_BENCH_SCORE_GB=4 (default)
     LPLA_BENCH_SCORE_GB=0.2 pytest bench/bench_score.py -s   # quick check
+    LPLA_BENCH_SCORE_DEVICE=cuda pytest bench/bench_score.py --benchmark-only -s   # on a GPU
     python bench/bench_score.py ROWS_PER_S                   # project 1e9 rows x D=512
 
 Rows are D=512 float32 (2 KiB each), K=1, in 8 .npy shards of LPLA_BENCH_SCORE_GB in all,
@@ -11,7 +12,8 @@ comparison is fair; a cold disk only lowers the read bound). Four rates, in rows
 * read:   np.load of every shard (a copy into memory: the obvious way to read the files);
 * map:    np.load(mmap_mode="r") and touching every page, which is all the job's reader does
           (the job never copies the rows; the kernel reads them from the page cache);
-* kernel: the fused LpLA op on in-memory chunks of the job's size;
+* kernel: the fused LpLA op on in-memory chunks of the job's size (on the GPU: chunks
+          already in device memory; `h2d` adds the pinned host-to-device copy alone);
 * job:    `score_shards` end to end (read, score, check, write Parquet, manifest).
 
 The target is job >= 0.7 * min(read, kernel); job / kernel is printed too, since the job
@@ -40,6 +42,17 @@ RATES = {}
 
 def _size_gb() -> float:
     return float(os.environ.get("LPLA_BENCH_SCORE_GB", "4"))
+
+
+def _device() -> str:
+    return os.environ.get("LPLA_BENCH_SCORE_DEVICE", "cpu")
+
+
+def _sync() -> None:
+    if _device() != "cpu":
+        import torch
+
+        torch.cuda.synchronize()
 
 
 def make_shards(folder, total_gb: float, seed: int = 0):
@@ -111,16 +124,36 @@ def test_kernel(benchmark, dataset):
 
     _, rows, calib_path = dataset
     calib = LpLACalibration.load(calib_path)
-    chunk = torch.randn(BATCH_ROWS, 1, D)
+    chunk = torch.randn(BATCH_ROWS, 1, D, device=_device())
     n_chunks = max(1, rows // BATCH_ROWS)
 
     def kernel():
         for _ in range(n_chunks):
             calib.score(chunk)
+        _sync()
 
     benchmark.pedantic(kernel, rounds=3)
     RATES["kernel"] = n_chunks * BATCH_ROWS / benchmark.stats.stats.min
     benchmark.extra_info["rows_per_s"] = RATES["kernel"]
+
+
+@pytest.mark.skipif(_device() == "cpu", reason="host-to-device copy: LPLA_BENCH_SCORE_DEVICE=cuda")
+def test_h2d(benchmark, dataset):
+    import torch
+
+    _, rows, _ = dataset
+    host = torch.randn(BATCH_ROWS, 1, D).pin_memory()
+    dev = torch.empty_like(host, device=_device())
+    n_chunks = max(1, rows // BATCH_ROWS)
+
+    def copy():
+        for _ in range(n_chunks):
+            dev.copy_(host, non_blocking=True)
+        _sync()
+
+    benchmark.pedantic(copy, rounds=3)
+    RATES["h2d"] = n_chunks * BATCH_ROWS / benchmark.stats.stats.min
+    benchmark.extra_info["rows_per_s"] = RATES["h2d"]
 
 
 def test_job(benchmark, dataset):
@@ -128,7 +161,7 @@ def test_job(benchmark, dataset):
 
     folder, rows, calib = dataset
     config = ScoreConfig(embeddings=str(folder / "emb"), out=str(folder / "out"), calibration=calib,
-                         batch_rows=BATCH_ROWS, overwrite=True, progress=False)
+                         batch_rows=BATCH_ROWS, overwrite=True, progress=False, device=_device())
     benchmark.pedantic(score_shards, args=(config,), rounds=3)
     RATES["job"] = rows / benchmark.stats.stats.min
     benchmark.extra_info["rows_per_s"] = RATES["job"]
@@ -136,7 +169,8 @@ def test_job(benchmark, dataset):
         bound = min(RATES["read"], RATES["kernel"])
         benchmark.extra_info["fraction_of_bound"] = RATES["job"] / bound
         benchmark.extra_info["fraction_of_kernel"] = RATES["job"] / RATES["kernel"]
-        print(f"\nrows/s: read {RATES['read']:.3g}  map {RATES['map']:.3g}  kernel {RATES['kernel']:.3g}  job {RATES['job']:.3g}"
+        h2d = f"  h2d {RATES['h2d']:.3g}" if "h2d" in RATES else ""
+        print(f"\n[{_device()}] rows/s: read {RATES['read']:.3g}  map {RATES['map']:.3g}  kernel {RATES['kernel']:.3g}{h2d}  job {RATES['job']:.3g}"
               f"  -> job = {RATES['job'] / bound:.0%} of min(read, kernel) (target >= 70%),"
               f" {RATES['job'] / RATES['kernel']:.0%} of the kernel alone")
         print(projection(RATES["job"]))

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On a machine with an NVIDIA GPU: build the extension in place against the installed torch,
 # check the CUDA kernels against the float64 reference, run the CUDA op tests, and run the
-# CUDA benchmarks. Needs torch and a CUDA toolkit; pytest, hypothesis and pytest-benchmark
+# CUDA benchmarks and the `lpla score --device cuda` job. Needs torch and a CUDA toolkit; pytest, hypothesis and pytest-benchmark
 # are used when installed. Results go to $OUT (default: ${TMPDIR:-/tmp}/lpla_gpu_check).
 #
 #   scripts/gpu_check.sh            # TORCH_CUDA_ARCH_LIST defaults to 9.0 (H100/H200)
@@ -135,4 +135,14 @@ else
 fi
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 stamp "benchmarks done (status=$status)"
+
+# 4. The streaming job on the GPU (pinned buffers, non-blocking copies) against reading the
+#    shards and the kernel alone: the measured input of the one-H200 projection for 1e9 rows.
+if "$PY" -c "import pytest_benchmark, pyarrow" 2>/dev/null; then
+  LPLA_BENCH_SCORE_DEVICE=cuda LPLA_BENCH_SCORE_GB="${LPLA_BENCH_SCORE_GB:-4}" \
+    "$PY" -m pytest bench/bench_score.py --benchmark-only -s -q -p no:cacheprovider -k "not rss" \
+    --benchmark-json="$OUT/bench_score_cuda.json" --benchmark-columns=median,min,max 2>&1 | tail -30 | tee "$OUT/bench_score_cuda.txt"
+  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+  stamp "score job benchmark done (status=$status)"
+fi
 exit $status

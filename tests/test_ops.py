@@ -158,7 +158,7 @@ def test_baseline_cpu_build_agrees(monkeypatch, dtype):
 
 # --- pooled_lp_norm ------------------------------------------------------------------------------
 
-FMAP_SHAPES = [(3, 5, 4, 6), (2, 70, 7, 7), (1, 3, 1, 1), (0, 4, 2, 2), (2, 1, 3, 5)]
+FMAP_SHAPES = [(3, 5, 4, 6), (2, 70, 7, 7), (2, 25, 9, 11), (1, 3, 1, 1), (0, 4, 2, 2), (2, 1, 3, 5)]
 
 
 @pytest.mark.parametrize("device", DEVICES)

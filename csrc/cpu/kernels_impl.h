@@ -283,8 +283,11 @@ inline double plane_sum(const T* x, int64_t n) {
 }
 
 // Per-channel sums over H and W of one channels_last sample (channel stride 1). Positions
-// are read in memory order, each C-vector added into a float row (`partial`, C long, in L1)
-// that moves to the double sums every 16 positions.
+// are read in memory order, eight C-vectors per pass added into a float row (`partial`, C
+// long, in L1) that drains into the double sums every kDrainPositions positions.
+constexpr int kPositionsPerPass = 8;
+constexpr int kDrainPositions = 64;
+
 template <class T>
 void channels_last_sums(const T* sample, int64_t C, int64_t H, int64_t W, int64_t sH, int64_t sW, double* sums,
                         std::vector<float>& partial) {
@@ -297,11 +300,15 @@ void channels_last_sums(const T* sample, int64_t C, int64_t H, int64_t W, int64_
     exact();
   } else {
     partial.assign(C, 0.0f);
-    const T* rows[4];
+    const T* rows[kPositionsPerPass];
     int gathered = 0, pending = 0;
-    // Four positions per pass over `partial`: a quarter of its loads and stores.
+    bool finite = true;
     auto add_gathered = [&] {
       switch (gathered) {
+        case 8: accumulate_rows<8>(rows, C, partial.data()); break;
+        case 7: accumulate_rows<7>(rows, C, partial.data()); break;
+        case 6: accumulate_rows<6>(rows, C, partial.data()); break;
+        case 5: accumulate_rows<5>(rows, C, partial.data()); break;
         case 4: accumulate_rows<4>(rows, C, partial.data()); break;
         case 3: accumulate_rows<3>(rows, C, partial.data()); break;
         case 2: accumulate_rows<2>(rows, C, partial.data()); break;
@@ -309,20 +316,19 @@ void channels_last_sums(const T* sample, int64_t C, int64_t H, int64_t W, int64_
       }
       pending += gathered;
       gathered = 0;
-      if (pending == 16) {
-        for (int64_t c = 0; c < C; ++c) sums[c] += static_cast<double>(partial[c]);
-        std::fill(partial.begin(), partial.end(), 0.0f);
+      if (pending == kDrainPositions) {
+        finite &= drain_partial(partial.data(), C, sums);
         pending = 0;
       }
     };
     for (int64_t h = 0; h < H; ++h)
       for (int64_t w = 0; w < W; ++w) {
         rows[gathered++] = sample + h * sH + w * sW;
-        if (gathered == 4) add_gathered();
+        if (gathered == kPositionsPerPass) add_gathered();
       }
     if (gathered > 0) add_gathered();
-    for (int64_t c = 0; c < C; ++c) sums[c] += static_cast<double>(partial[c]);
-    if (!std::all_of(sums, sums + C, [](double v) { return std::isfinite(v); })) {
+    if (pending > 0) finite &= drain_partial(partial.data(), C, sums);
+    if (!finite) {
       // Float partial sums overflowed (or the sample holds NaN / Inf): redo in double.
       std::fill(sums, sums + C, 0.0);
       exact();
@@ -361,10 +367,13 @@ void pooled_norms(const at::Tensor& fmap, double p, bool return_pooled, at::Tens
       } else {
         channels_last_sums(sample, C, H, W, sH, sW, mean.data(), partial);
       }
-      for (int64_t c = 0; c < C; ++c) mean[c] *= inv_area;
+      if (pooled_dst) {  // the means and the pooled row in one pass
+        auto* row = pooled_dst + n * C;
+        for (int64_t c = 0; c < C; ++c) row[c] = static_cast<out_t<T>>(mean[c] *= inv_area);
+      } else {
+        for (int64_t c = 0; c < C; ++c) mean[c] *= inv_area;
+      }
       norm_dst[n] = static_cast<out_t<T>>(C == 0 ? 0.0 : row_norm(mean.data(), C, spec));
-      if (pooled_dst)
-        for (int64_t c = 0; c < C; ++c) pooled_dst[n * C + c] = static_cast<out_t<T>>(mean[c]);
     }
   });
 }

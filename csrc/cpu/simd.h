@@ -351,17 +351,47 @@ inline void widen_row(const T* x, int64_t n, double* dst) {
 template <int M, class T>
 inline void accumulate_rows(const T* const* x, int64_t n, float* sums) {
   int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    f32x8 a0, a1;
+    std::memcpy(&a0, sums + i, sizeof a0);
+    std::memcpy(&a1, sums + i + 8, sizeof a1);
+    for (int j = 0; j < M; ++j) {
+      prefetch_line_ahead(x[j] + i);
+      a0 += load8(x[j] + i);
+      a1 += load8(x[j] + i + 8);
+    }
+    std::memcpy(sums + i, &a0, sizeof a0);
+    std::memcpy(sums + i + 8, &a1, sizeof a1);
+  }
   for (; i + 8 <= n; i += 8) {
     f32x8 acc;
     std::memcpy(&acc, sums + i, sizeof acc);
-    for (int j = 0; j < M; ++j) {
-      prefetch_line_ahead(x[j] + i);
-      acc += load8(x[j] + i);
-    }
+    for (int j = 0; j < M; ++j) acc += load8(x[j] + i);
     std::memcpy(sums + i, &acc, sizeof acc);
   }
   for (; i < n; ++i)
     for (int j = 0; j < M; ++j) sums[i] += load1(x[j], i);
+}
+
+// sums[i] += double(partial[i]), then partial[i] = 0. Returns false when some partial[i] is
+// not finite (float overflow, or NaN / Inf in the data): x * 0 is 0 unless x is Inf or NaN.
+inline bool drain_partial(float* partial, int64_t n, double* sums) {
+  f32x8 probe{};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const f32x8 v = load8(partial + i);
+    probe += v * 0.0f;
+    const f64x4 lo = load4(sums + i) + widen_low(v), hi = load4(sums + i + 4) + widen_high(v);
+    std::memcpy(sums + i, &lo, sizeof lo);
+    std::memcpy(sums + i + 4, &hi, sizeof hi);
+  }
+  float tail = 0.0f;
+  for (; i < n; ++i) {
+    tail += partial[i] * 0.0f;
+    sums[i] += static_cast<double>(partial[i]);
+  }
+  std::fill(partial, partial + n, 0.0f);
+  return std::isfinite(hsum(widen_low(probe) + widen_high(probe)) + tail);
 }
 
 // sums[i] += x[i] for a contiguous row, in double.
