@@ -82,8 +82,8 @@ def _run(plan: JobPlan, config: ScoreConfig) -> None:
     workers = int(ray.cluster_resources().get("GPU" if gpu else "CPU", 0))
     if gpu and workers == 0:
         raise ValueError(f"--device {config.device} with --engine ray: the Ray cluster has no GPU")
-    workers = max(1, workers)
-    ds = ray.data.from_items(tasks, override_num_blocks=min(len(tasks), 4 * workers))
+    pool = min(max(1, workers), len(tasks))
+    ds = ray.data.from_items(tasks, override_num_blocks=min(len(tasks), 4 * pool))
     ds = ds.map_batches(
         _ScoreChunks,
         batch_size=1,
@@ -95,7 +95,10 @@ def _run(plan: JobPlan, config: ScoreConfig) -> None:
             scores_dir=os.path.abspath(plan.scores_dir),
             device="cuda" if gpu else "cpu",
         ),
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=min(workers, len(tasks))),
+        # Start every actor at once: from one, the pool grows only after a backlog builds,
+        # seconds later (each actor imports torch), and short jobs ran on one actor. min_size=1
+        # still lets the job run on a cluster whose CPUs are partly taken.
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=pool, initial_size=pool),
         num_cpus=1,
         num_gpus=1 if gpu else None,
     )
