@@ -283,6 +283,28 @@ def test_view_cosine_near_float_max(device, dtype):
     torch.testing.assert_close(out.cpu().double(), reference.view_cosine(views.cpu()), rtol=1e-5, atol=1e-5)
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(0, 4),
+    k=st.integers(1, 9),
+    d=st.integers(1, 80),
+    dtype=st.sampled_from(FLOAT_DTYPES),
+    scales=st.lists(st.sampled_from([1.0, 1e-6, 1e4, 1e-30, 1e30, 0.0]), min_size=9, max_size=9),
+    strided=st.booleans(),
+    special=st.sampled_from([None, math.nan, math.inf]),
+    seed=st.integers(0, 2**16),
+)
+def test_view_cosine_hypothesis(n, k, d, dtype, scales, strided, special, seed):
+    # Each view has its own magnitude (the float path rescales views outside 2^-40..2^40).
+    x = torch.randn(n, k, 2 * d if strided else d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    x *= torch.tensor(scales[:k], dtype=torch.float64).view(1, k, 1)
+    if special is not None and n > 0:
+        x[n - 1, k - 1, seed % x.shape[2]] = special
+    views = x.to(dtype)[..., ::2] if strided else x.to(dtype)
+    torch.testing.assert_close(lpla_fast.view_cosine(views).double(), reference.view_cosine(views),
+                               rtol=1e-5, atol=1e-5, equal_nan=True)
+
+
 # --- registration: opcheck and torch.compile ---------------------------------------------------
 
 
