@@ -283,6 +283,7 @@ def test_view_cosine_near_float_max(device, dtype):
     torch.testing.assert_close(out.cpu().double(), reference.view_cosine(views.cpu()), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @settings(max_examples=60, deadline=None)
 @given(
     n=st.integers(0, 4),
@@ -294,14 +295,14 @@ def test_view_cosine_near_float_max(device, dtype):
     special=st.sampled_from([None, math.nan, math.inf]),
     seed=st.integers(0, 2**16),
 )
-def test_view_cosine_hypothesis(n, k, d, dtype, scales, strided, special, seed):
+def test_view_cosine_hypothesis(device, n, k, d, dtype, scales, strided, special, seed):
     # Each view has its own magnitude (the float path rescales views outside 2^-40..2^40).
     x = torch.randn(n, k, 2 * d if strided else d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     x *= torch.tensor(scales[:k], dtype=torch.float64).view(1, k, 1)
     if special is not None and n > 0:
         x[n - 1, k - 1, seed % x.shape[2]] = special
     views = x.to(dtype)[..., ::2] if strided else x.to(dtype)
-    torch.testing.assert_close(lpla_fast.view_cosine(views).double(), reference.view_cosine(views),
+    torch.testing.assert_close(lpla_fast.view_cosine(views.to(device)).cpu().double(), reference.view_cosine(views),
                                rtol=1e-5, atol=1e-5, equal_nan=True)
 
 
