@@ -5,6 +5,7 @@
 # are used when installed. Results go to $OUT (default: ${TMPDIR:-/tmp}/lpla_gpu_check).
 #
 #   scripts/gpu_check.sh            # TORCH_CUDA_ARCH_LIST defaults to 9.0 (H100/H200)
+#   STEPS="bench score" scripts/gpu_check.sh   # a subset of: reference tests bench score
 set -uo pipefail
 set -x
 cd "$(dirname "$0")/.."
@@ -14,6 +15,8 @@ PY="${PYTHON:-python3}"
 export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" LPLA_FORCE_CUDA=1
 export MAX_JOBS="${MAX_JOBS:-$(nproc)}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+STEPS=" ${STEPS:-reference tests bench score} "
+step() { [[ "$STEPS" == *" $1 "* ]]; }
 status=0
 stamp() { echo "[gpu_check] $(date -u +%H:%M:%S) +$((SECONDS))s: $*" | tee -a "$OUT/summary.txt"; }
 
@@ -30,6 +33,7 @@ fi
 stamp "build done"
 
 # 1. Self-contained check against the float64 reference (needs only torch).
+if step reference; then
 "$PY" - <<'EOF' 2>&1 | tee "$OUT/reference_check.txt"
 import math, os, torch, lpla_fast
 from lpla_fast import reference as ref
@@ -117,9 +121,10 @@ raise SystemExit(1 if fails else 0)
 EOF
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 stamp "reference check done (status=$status)"
+fi
 
 # 2. The project's op tests, CUDA cases.
-if "$PY" -c "import pytest" 2>/dev/null && [ -f tests/test_ops.py ]; then
+if step tests && "$PY" -c "import pytest" 2>/dev/null && [ -f tests/test_ops.py ]; then
   "$PY" -m pytest tests/test_ops.py -k cuda -q -rf -p no:cacheprovider --junitxml="$OUT/test_ops_cuda.xml" \
     2>&1 | tail -40 | tee "$OUT/test_ops_cuda.txt"
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
@@ -127,18 +132,20 @@ if "$PY" -c "import pytest" 2>/dev/null && [ -f tests/test_ops.py ]; then
 fi
 
 # 3. Benchmarks: pytest-benchmark when installed, else the plain runner.
-if "$PY" -c "import pytest_benchmark" 2>/dev/null; then
-  "$PY" -m pytest bench/bench_cuda.py --benchmark-only -q -p no:cacheprovider \
-    --benchmark-json="$OUT/bench_cuda.json" --benchmark-columns=median,min,max 2>&1 | tail -60 | tee "$OUT/bench_cuda.txt"
-else
-  "$PY" bench/bench_cuda.py "$OUT/bench_cuda_plain.json" 2>&1 | tee "$OUT/bench_cuda.txt"
+if step bench; then
+  if "$PY" -c "import pytest_benchmark" 2>/dev/null; then
+    "$PY" -m pytest bench/bench_cuda.py --benchmark-only -q -p no:cacheprovider \
+      --benchmark-json="$OUT/bench_cuda.json" --benchmark-columns=median,min,max 2>&1 | tail -60 | tee "$OUT/bench_cuda.txt"
+  else
+    "$PY" bench/bench_cuda.py "$OUT/bench_cuda_plain.json" 2>&1 | tee "$OUT/bench_cuda.txt"
+  fi
+  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+  stamp "benchmarks done (status=$status)"
 fi
-[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
-stamp "benchmarks done (status=$status)"
 
 # 4. The streaming job on the GPU (pinned buffers, non-blocking copies) against reading the
 #    shards and the kernel alone: the measured input of the one-H200 projection for 1e9 rows.
-if "$PY" -c "import pytest_benchmark, pyarrow" 2>/dev/null; then
+if step score && "$PY" -c "import pytest_benchmark, pyarrow" 2>/dev/null; then
   LPLA_BENCH_SCORE_DEVICE=cuda LPLA_BENCH_SCORE_GB="${LPLA_BENCH_SCORE_GB:-4}" \
     "$PY" -m pytest bench/bench_score.py --benchmark-only -s -q -p no:cacheprovider -k "not rss" \
     --benchmark-json="$OUT/bench_score_cuda.json" --benchmark-columns=median,min,max 2>&1 | tail -30 | tee "$OUT/bench_score_cuda.txt"

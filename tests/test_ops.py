@@ -178,7 +178,8 @@ def test_pooled_lp_norm_matches_reference(device, dtype, p, channels_last, shape
 @pytest.mark.parametrize("device", DEVICES)
 def test_pooled_lp_norm_other_layouts_and_no_pooled(device):
     base = random_fmap(3, 8, 5, 6, device=device, seed=8)
-    for fmap in (base[:, ::2], base.permute(0, 1, 3, 2), base[:, :, 1:, :]):
+    empty = [random_fmap(*shape, device=device, seed=8).transpose(2, 3) for shape in ((2, 0, 3, 3), (3, 5, 0, 2))]
+    for fmap in (base[:, ::2], base.permute(0, 1, 3, 2), base[:, :, 1:, :], *empty):
         pooled, norms = lpla_fast.pooled_lp_norm(fmap, 2.0, return_pooled=False)
         assert pooled is None
         assert_close(norms, reference.pooled_lp_norm(fmap.cpu(), 2.0)[1], torch.float32)

@@ -345,7 +345,9 @@ void pooled_norms(const at::Tensor& fmap, double p, bool return_pooled, at::Tens
   const int64_t N = fmap.size(0), C = fmap.size(1), H = fmap.size(2), W = fmap.size(3);
   const int64_t sN = fmap.stride(0), sC = fmap.stride(1), sH = fmap.stride(2), sW = fmap.stride(3);
   const int64_t HW = H * W;
-  const bool planes_contiguous = (W == 1 || sW == 1) && (H == 1 || sH == W);
+  // An empty map is read by neither path (and .contiguous() would return it unchanged), so
+  // any strides will do: C = 0 gives norms 0, H * W = 0 gives NaN means, as the reference.
+  const bool planes_contiguous = ((W == 1 || sW == 1) && (H == 1 || sH == W)) || fmap.numel() == 0;
   const bool channels_contiguous = C == 1 || sC == 1;
   if (!planes_contiguous && !channels_contiguous) {
     // Any other layout: one contiguous copy, then the NCHW path.
