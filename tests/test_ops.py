@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -305,6 +306,34 @@ def test_view_cosine_hypothesis(device, n, k, d, dtype, scales, strided, special
     views = x.to(dtype)[..., ::2] if strided else x.to(dtype)
     torch.testing.assert_close(lpla_fast.view_cosine(views.to(device)).cpu().double(), reference.view_cosine(views),
                                rtol=1e-5, atol=1e-5, equal_nan=True)
+
+
+# --- every layout of small and empty shapes ------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_every_permutation_of_small_and_empty_shapes(device):
+    # Sizes 0, 1 and 3 on every axis, under every axis permutation: empty tensors with odd
+    # strides, size-1 axes with arbitrary strides, and every non-contiguous layout.
+    def close(got, want):
+        for g, w in zip(got, want):
+            if w is not None:
+                assert g.shape == w.shape
+                torch.testing.assert_close(g.cpu().double(), w.double(), rtol=1e-4, atol=1e-6, equal_nan=True)
+
+    g = torch.Generator().manual_seed(17)
+    for dims in itertools.product([0, 1, 3], repeat=4):
+        x = torch.randn(*dims, generator=g).to(device)
+        for perm in itertools.permutations(range(4)):
+            fmap = x.permute(perm)
+            close(lpla_fast.pooled_lp_norm(fmap, 2.0), reference.pooled_lp_norm(fmap.cpu(), 2.0))
+            close([lpla_fast.lp_norm(fmap, 3.0)], [reference.lp_norm(fmap.cpu(), 3.0)])
+    for dims in itertools.product([0, 1, 2, 5], repeat=3):
+        x = (torch.rand(*dims, generator=g) + 0.1).to(device)
+        for perm in itertools.permutations(range(3)):
+            views = x.permute(perm)
+            close(lpla_fast.lpla_score(views, 2.0, 1.0, 0.5, 2.0, 1.5), reference.lpla_score(views.cpu(), 2.0, 1.0, 0.5, 2.0, 1.5))
+            close([lpla_fast.view_cosine(views)], [reference.view_cosine(views.cpu())])
 
 
 # --- registration: opcheck and torch.compile ---------------------------------------------------
