@@ -30,9 +30,9 @@ import json
 import logging
 import math
 import os
-import time
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest

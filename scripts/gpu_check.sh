@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # On a machine with an NVIDIA GPU: build the extension in place against the installed torch,
-# check the CUDA kernels against the float64 reference, run the CUDA op tests, and run the
-# CUDA benchmarks and the `lpla score --device cuda` job. Needs torch and a CUDA toolkit; pytest, hypothesis and pytest-benchmark
-# are used when installed. Results go to $OUT (default: ${TMPDIR:-/tmp}/lpla_gpu_check).
+# check the CUDA kernels against the float64 reference, run the CUDA op tests, the CUDA
+# benchmarks and the `lpla score --device cuda` job benchmark. Needs torch and a CUDA toolkit;
+# pytest, hypothesis, pytest-benchmark and pyarrow are used when installed. Results go to
+# $OUT (default: ${TMPDIR:-/tmp}/lpla_gpu_check).
 #
 #   scripts/gpu_check.sh            # TORCH_CUDA_ARCH_LIST defaults to 9.0 (H100/H200)
 #   STEPS="bench score" scripts/gpu_check.sh   # a subset of: reference tests bench score
