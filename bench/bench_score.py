@@ -7,7 +7,7 @@
 
 Rows are D=512 float32 (2 KiB each), K=1, in 8 .npy shards of LPLA_BENCH_SCORE_GB in all,
 held in the page cache (the job is measured against reading the same cached files, so the
-comparison is fair; a cold disk only lowers the read bound). Four rates, in rows/s:
+comparison is fair; a cold disk only lowers the read bound). The rates, in rows/s:
 
 * read:   np.load of every shard (a copy into memory: the obvious way to read the files);
 * map:    np.load(mmap_mode="r") and touching every page, which is all the job's reader does
