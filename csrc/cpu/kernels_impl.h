@@ -304,15 +304,10 @@ void channels_last_sums(const T* sample, int64_t C, int64_t H, int64_t W, int64_
     int gathered = 0, pending = 0;
     bool finite = true;
     auto add_gathered = [&] {
-      switch (gathered) {
-        case 8: accumulate_rows<8>(rows, C, partial.data()); break;
-        case 7: accumulate_rows<7>(rows, C, partial.data()); break;
-        case 6: accumulate_rows<6>(rows, C, partial.data()); break;
-        case 5: accumulate_rows<5>(rows, C, partial.data()); break;
-        case 4: accumulate_rows<4>(rows, C, partial.data()); break;
-        case 3: accumulate_rows<3>(rows, C, partial.data()); break;
-        case 2: accumulate_rows<2>(rows, C, partial.data()); break;
-        default: accumulate_rows<1>(rows, C, partial.data());
+      if (gathered == kPositionsPerPass) {
+        accumulate_rows<kPositionsPerPass>(rows, C, partial.data());
+      } else {  // the sample's last few positions: one pass each over `partial` (in L1)
+        for (int j = 0; j < gathered; ++j) accumulate_rows<1>(rows + j, C, partial.data());
       }
       pending += gathered;
       gathered = 0;
