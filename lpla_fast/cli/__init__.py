@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="lpla",
         description="Membership-inference auditing of contrastive encoders (LpLA and baselines).",
     )
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in SUBCOMMANDS:
         try:
@@ -37,6 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.add_parser(sub)
+    for subparser in sub.choices.values():
+        # Accepted after the subcommand too; SUPPRESS keeps the top-level value otherwise.
+        subparser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                               help="show the full traceback of an error")
     return parser
 
 
@@ -47,6 +52,15 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        # Errors of the operating system (a full disk, a missing permission) are the user's to
+        # fix, not bugs: one line naming the path and the cause; the traceback with --debug.
+        if args.debug:
+            raise
+        from ..fileio import describe_os_error
+
+        print(f"lpla {args.command}: error: {describe_os_error(exc)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

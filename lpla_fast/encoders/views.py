@@ -56,13 +56,15 @@ def query_views(encoder: Encoder, images: Tensor, K: int, policy: str = "default
 def _views(batch: Tensor, start: int, K: int, policy, seed: int, include_clean: bool) -> Tensor:
     """(B, K, C, H, W) views of a batch whose first image has global position `start`."""
     n_random = K - 1 if include_clean else K
+    if n_random == 0:  # K = 1 with the clean view: the single query is the image itself
+        return batch[:, None]
     parts = []
     for offset in range(0, len(batch), RANDOM_BLOCK):
         block = batch[offset:offset + RANDOM_BLOCK]
         gen = torch.Generator().manual_seed(_block_seed(seed, (start + offset) // RANDOM_BLOCK))
         repeated = block.repeat_interleave(n_random, dim=0)
         parts.append(augment(repeated, policy, gen).view(len(block), n_random, *block.shape[1:]))
-    random_views = torch.cat(parts) if parts else batch[:, None]
+    random_views = torch.cat(parts) if parts else batch.new_empty(0, n_random, *batch.shape[1:])
     if include_clean:
         return torch.cat([batch[:, None], random_views], dim=1)
     return random_views
