@@ -5,9 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-from ..attacks.base import LEVELS
-from ..encoders.base import OUTPUTS
-from . import parse_p
+from . import LEVELS, OUTPUTS, parse_p
 
 VIEW_FLAGS = (("members", "--members"), ("nonmembers", "--nonmembers"), ("target_reference", "--reference"),
               ("shadow_members", "--shadow-members"), ("shadow_nonmembers", "--shadow-nonmembers"),
@@ -38,13 +36,13 @@ def add_parser(subparsers) -> None:
     enc.add_argument("--dataset", default="digits", help="dataset the splits index (default digits)")
     enc.add_argument("--data-root", help="folder of the file-based datasets")
     enc.add_argument("--image-size", type=int, help="image side (default: the encoder's)")
-    enc.add_argument("--outputs", nargs="+", choices=OUTPUTS, default=["backbone"],
-                     help="representations attacked (default: backbone)")
+    enc.add_argument("--outputs", nargs="+", choices=OUTPUTS, default=["backbone"], metavar="OUTPUT",
+                     help="representations attacked, of %(choices)s (default: backbone)")
     enc.add_argument("--device", default="cpu", help="device for the queries (default cpu)")
     study = parser.add_argument_group("attacks")
     study.add_argument("--attacks", nargs="+", metavar="NAME", help="attacks (default: all)")
-    study.add_argument("--level", choices=LEVELS,
-                       help="knowledge level of the main table (default: shadow)")
+    study.add_argument("--level", choices=LEVELS, metavar="LEVEL",
+                       help="knowledge level of the main table: %(choices)s (default: shadow)")
     study.add_argument("--k", type=int, help="query budget of the main table (default 8, at most the files' K)")
     study.add_argument("--ks", nargs="+", type=int, help="K sweep (default 1 2 4 8 16, up to the files' K)")
     study.add_argument("--ps", nargs="+", type=parse_p, help="p sweep (default 1 2 inf)")

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from ..encoders.base import OUTPUTS
-from ..encoders.config import FRAMEWORKS
-from . import parse_p
+from . import FRAMEWORKS, OUTPUTS, parse_p
 
 
 def add_parser(subparsers) -> None:
@@ -24,9 +22,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--quick", action="store_true",
                         help="a run of about a minute: 2 frameworks, tiny encoders, few samples, K up to 4")
     parser.add_argument("--frameworks", nargs="+", choices=FRAMEWORKS, metavar="NAME",
-                        help=f"target frameworks (default: all of {', '.join(FRAMEWORKS)})")
-    parser.add_argument("--shadow-framework", choices=FRAMEWORKS,
-                        help="the shadow encoders' framework (default: the same as each target)")
+                        help="target frameworks (default: all of %(choices)s)")
+    parser.add_argument("--shadow-framework", choices=FRAMEWORKS, metavar="NAME",
+                        help="the shadow encoders' framework, of %(choices)s (default: the same as each target)")
     parser.add_argument("--dataset", help="digits (default), synthetic, cifar10, cifar100, stl10, svhn, imagefolder")
     parser.add_argument("--data-root", help="folder of the file-based datasets (never downloaded)")
     parser.add_argument("--image-size", type=int, help="image side (default: the dataset's usual size)")
@@ -39,8 +37,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--device", help="auto (default), cpu, cuda or cuda:i")
     parser.add_argument("--seed", type=int, help="seed of splits, training and queries (default 0)")
     parser.add_argument("--members", type=int, help="members per target and shadow encoder (default 200)")
-    parser.add_argument("--outputs", nargs="+", choices=OUTPUTS,
-                        help="representations attacked (default: both)")
+    parser.add_argument("--outputs", nargs="+", choices=OUTPUTS, metavar="OUTPUT",
+                        help="representations attacked, of %(choices)s (default: both)")
     parser.add_argument("--attacks", nargs="+", metavar="NAME",
                         help="attacks of the main table (default: lpla norm encodermi-t encodermi-v encodermi-s knn)")
     parser.add_argument("--k", type=int, help="default query budget, views per sample (default 8)")

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import argparse
 
-from ..encoders.base import OUTPUTS
 from ..fileio import write_json
 from ..splits import ROLES
+from . import OUTPUTS
 
 RUN_FILE, SPLITS_FILE, QUALITY_FILE = "run.json", "splits.json", "quality.json"
 
