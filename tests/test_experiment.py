@@ -37,7 +37,7 @@ def test_quick_experiment_writes_every_output(quick_run):
 
 def test_results_hold_every_study_with_intervals(quick_run):
     results = load_results(str(quick_run))
-    assert results.version == RESULTS_VERSION and results.command == "experiment"
+    assert results.version == RESULTS_VERSION and results.experiment == ExperimentConfig.quick()
     assert {r.study for r in results.records} == {"main", "p", "k", "knowledge"}
     main_records = results.select(study="main")
     # 2 frameworks x 2 outputs x 6 attacks, every one scored.

@@ -19,11 +19,12 @@ results (the typed, versioned results and load_results), stats (correlations), r
 plots, log (stage lines).
 """
 
+from ..splits import ROLES
 from .knowledge import AuditSplit, ViewSet, make_knowledge
 from .plan import Job, plan_jobs
 from .results import RESULTS_SCHEMA, RESULTS_VERSION, AttackRecord, EncoderRecord, Results, load_results
 from .run import attack_study, run_attacks, run_experiment
-from .settings import ROLES, ExperimentConfig, StudyConfig
+from .settings import ExperimentConfig, StudyConfig
 from .stats import leakage_correlation
 
 __all__ = [

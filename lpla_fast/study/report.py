@@ -164,7 +164,8 @@ def _tradeoff(results: Results) -> str:
         row = [target.framework, _num(b["linear_probe"]), _num(b["knn"])]
         for attack in ("lpla", "encodermi-t"):
             for o in outputs:
-                r = _find(main, framework=target.framework, seed=target.seed, output=o, attack=attack)
+                r = _find(main, framework=target.framework, backbone=target.backbone, seed=target.seed, output=o,
+                          attack=attack)
                 row.append(_metric(r, "auc") if r else "—")
         rows.append(row)
     lines = ["## Feature quality and leakage (the paper's claim)", "",

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional
 
 from ..fileio import decode_float, jsonable, write_json
-from .settings import StudyConfig, known_fields
+from .settings import ExperimentConfig, StudyConfig, known_fields
 
 RESULTS_SCHEMA = "lpla_fast.experiment_results"
 RESULTS_VERSION = 2  # 2: typed records; encoders as a list of EncoderRecord (1: "frameworks" dict)
@@ -149,6 +149,11 @@ class Results:
     def study(self) -> StudyConfig:
         """The attack stage's settings."""
         return StudyConfig.from_dict(self.config["study"])
+
+    @property
+    def experiment(self) -> Optional[ExperimentConfig]:
+        """The whole study's settings (None for an `lpla attack` run)."""
+        return ExperimentConfig.from_dict(self.config) if self.command == "experiment" else None
 
     def select(self, **keys) -> List[AttackRecord]:
         """The records whose attributes equal every given value, e.g. select(study="main")."""

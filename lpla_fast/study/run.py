@@ -51,26 +51,26 @@ def thin_roc(fpr: np.ndarray, tpr: np.ndarray, max_points: int = 600) -> Tuple[l
 
 
 def run_job(study: StudyConfig, job: Job, views: ViewSet, evaluated: Tuple[Tensor, Tensor],
-            audit: Optional[AuditSplit], **labels):
+            audit: Optional[AuditSplit], **target):
     """Fit one attack at the job's (level, k, p) and score the evaluated members and non-members:
-    (record, fitted attack or None). `labels` are the record's framework, output, seed, ..."""
+    (record, fitted attack or None). `target`: the record's framework, output, seed, backbone."""
     record = AttackRecord(study=job.study, attack=job.attack, level=job.level, k=int(job.k),
                           skipped=skip_reason(job.attack, job.level, job.k, views),
-                          evaluated="audit_halves" if job.study == "knowledge" else "all", **labels)
+                          evaluated="audit_halves" if job.study == "knowledge" else "all", **target)
     if record.skipped:
         return record, None
     start = time.perf_counter()
     attack = make_attack(job.attack, **attack_params(study, job.attack, views, job.p))
     record.params = attack.get_params()
-    record.p = record.params.get("p")
-    record.p = None if record.p is None else float(record.p)
+    p = record.params.get("p")  # JSON-safe there: inf is "inf"
+    record.p = None if p is None else float(p)
     attack.fit(make_knowledge(views.sliced(job.k), job.level, audit))
     members, nonmembers = (e[:, :job.k] for e in evaluated)
     scores = np.concatenate([attack.score(members), attack.score(nonmembers)])
-    labels_ = np.concatenate([np.ones(len(members), bool), np.zeros(len(nonmembers), bool)])
-    record.metrics = metrics.evaluate(scores, labels_, n_bootstrap=study.n_bootstrap, seed=study.seed)
+    labels = np.concatenate([np.ones(len(members), bool), np.zeros(len(nonmembers), bool)])
+    record.metrics = metrics.evaluate(scores, labels, n_bootstrap=study.n_bootstrap, seed=study.seed)
     if job.study == "main":
-        record.roc = dict(zip(("fpr", "tpr"), thin_roc(*metrics.roc_curve(scores, labels_))))
+        record.roc = dict(zip(("fpr", "tpr"), thin_roc(*metrics.roc_curve(scores, labels))))
     record.seconds = round(time.perf_counter() - start, 4)
     return record, attack
 

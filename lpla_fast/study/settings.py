@@ -12,9 +12,9 @@ from ..attacks.base import LEVELS
 from ..encoders.base import OUTPUTS
 from ..encoders.config import FRAMEWORKS
 from ..fileio import decode_float, encode_float
-from ..splits import ROLES, SplitSizes
+from ..splits import SplitSizes
 
-# The offset of each role's training seed from the study's seed.
+# The offset of each role's (splits.ROLES) training seed from the study's seed.
 ROLE_SEEDS = {"target": 0, "shadow": 1}
 
 
