@@ -1,5 +1,5 @@
 """Atomic file writes (a reader, or a rerun after a crash, sees the old file or the new one,
-never half of one), and the JSON spelling of an infinite p."""
+never half of one), and plain JSON values: an infinite float spelled "inf"."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import math
 import os
 import tempfile
 from typing import Callable
+
+import numpy as np
 
 
 def replace_atomically(path: str, write: Callable[[str], None]) -> None:
@@ -72,6 +74,25 @@ def encode_float(x: float):
 def decode_float(x) -> float:
     """The inverse of encode_float (also accepts a float inf and "Infinity")."""
     return math.inf if x in ("inf", "Infinity") else float(x)
+
+
+def jsonable(x):
+    """Plain JSON values: numpy scalars and arrays to Python, inf to "inf" (-inf to "-inf"),
+    NaN to null, tuples to lists, dict keys to strings."""
+    if isinstance(x, dict):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return jsonable(x.tolist())
+    if isinstance(x, (np.floating, float)):
+        x = float(x)
+        return None if math.isnan(x) else ("inf" if x == math.inf else ("-inf" if x == -math.inf else x))
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, np.bool_):
+        return bool(x)
+    return x
 
 
 def write_json(path: str, doc, indent: int = 1, allow_nan: bool = False) -> None:

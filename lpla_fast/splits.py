@@ -10,6 +10,8 @@ import numpy as np
 
 from .fileio import write_json
 
+# The two encoders of a study: each trains on its own member split, "<role>_members".
+ROLES = ("target", "shadow")
 SPLIT_NAMES = ("target_members", "target_nonmembers", "shadow_members", "shadow_nonmembers",
                "reference", "probe_train", "probe_test")
 _FORMAT = "lpla_fast.splits/1"

@@ -10,8 +10,9 @@ import torch
 
 from lpla_fast.calibration import LpLACalibration
 from lpla_fast.cli import main
-from lpla_fast.experiment import (AuditSplit, ExperimentConfig, StudyConfig, head_views, load_results,
-                                  run_experiment)
+from lpla_fast.encoders import head_views
+from lpla_fast.study import (RESULTS_VERSION, AuditSplit, ExperimentConfig, Results, StudyConfig, load_results,
+                             run_experiment)
 
 PLOTS = ("roc-simclr.png", "roc-byol.png", "leakage_vs_quality.png", "auc_vs_k.png", "auc_vs_p.png")
 
@@ -36,28 +37,29 @@ def test_quick_experiment_writes_every_output(quick_run):
 
 def test_results_hold_every_study_with_intervals(quick_run):
     results = load_results(str(quick_run))
-    studies = {r["study"] for r in results["records"]}
-    assert studies == {"main", "p", "k", "knowledge"}
-    main_records = [r for r in results["records"] if r["study"] == "main"]
+    assert results.version == RESULTS_VERSION and results.experiment == ExperimentConfig.quick()
+    assert {r.study for r in results.records} == {"main", "p", "k", "knowledge"}
+    main_records = results.select(study="main")
     # 2 frameworks x 2 outputs x 6 attacks, every one scored.
-    assert len(main_records) == 24 and all(r["metrics"] for r in main_records)
+    assert len(main_records) == 24 and all(r.metrics for r in main_records)
     for r in main_records:
-        m = r["metrics"]
-        assert 0 <= m["auc"] <= 1 and m["ci"]["auc"][0] <= m["auc"] <= m["ci"]["auc"][1]
+        m = r.metrics
+        assert 0 <= r.auc <= 1 and m["ci"]["auc"][0] <= r.auc <= m["ci"]["auc"][1]
         assert set(m["tpr_at_fpr"]) == {"0.001", "0.01", "0.1"}
-        assert len(r["roc"]["fpr"]) == len(r["roc"]["tpr"]) > 2
-    ps = {r["p"] for r in results["records"] if r["study"] == "p"}
-    assert ps == {1.0, 2.0, "inf"}
-    assert {r["k"] for r in results["records"] if r["study"] == "k"} == {1, 2, 4}
+        assert len(r.roc["fpr"]) == len(r.roc["tpr"]) > 2
+        assert r.seed == 0 and r.backbone == "small_cnn" and r.defense is None
+    assert {r.p for r in results.select(study="p")} == {1.0, 2.0, math.inf}
+    assert {r.k for r in results.select(study="k")} == {1, 2, 4}
     # EncoderMI cannot work with one view, nor at the reference level: recorded, not hidden.
-    skipped = {(r["attack"], r["study"]) for r in results["records"] if r["skipped"]}
+    skipped = {(r.attack, r.study) for r in results.records if r.skipped}
     assert ("encodermi-t", "k") in skipped and ("encodermi-t", "knowledge") in skipped
-    for fw in ("simclr", "byol"):
-        info = results["frameworks"][fw]
-        assert 0 <= info["feature_quality"]["backbone"]["linear_probe"] <= 1
-        assert set(info["train"]) == {"target", "shadow"}
-    assert results["correlation"]["backbone"]["lpla"]["linear_probe"]["n"] == 2
-    assert results["timings"]["total"] > 0 and "train/simclr/target" in results["timings"]["stages"]
+    assert [(e.framework, e.role) for e in results.encoders] == [
+        ("simclr", "target"), ("simclr", "shadow"), ("byol", "target"), ("byol", "shadow")]
+    for target in results.targets():
+        assert 0 <= target.feature_quality["backbone"]["linear_probe"] <= 1
+        assert target.width == 8 and target.epochs == 2 and target.audit_split is not None
+    assert results.correlation["backbone"]["lpla"]["linear_probe"]["n"] == 2
+    assert results.timings["total"] > 0 and "train/simclr/target" in results.timings["stages"]
     assert ExperimentConfig.from_dict(json.loads((quick_run / "config.json").read_text())) == ExperimentConfig.quick()
 
 
@@ -82,8 +84,8 @@ def test_rerun_reuses_finished_encoders(quick_run, tmp_path):
                                     study=StudyConfig(attacks=("lpla",), k=2, ks=(2,), ps=(2.0,), levels=("shadow",),
                                                       sweep_attacks=("lpla",), n_bootstrap=0))
     results = run_experiment(config, str(tmp_path), progress=False)
-    assert all(results["frameworks"]["simclr"]["train"][role]["reused"] for role in ("target", "shadow"))
-    assert results["records"][0]["metrics"]["ci"] is None
+    assert all(e.reused for e in results.encoders)
+    assert results.records[0].metrics["ci"] is None
     members = np.load(tmp_path / "embeddings" / "simclr" / "target-target_members-backbone.npy")
     assert members.shape == (40, 2, 32)
 
@@ -105,6 +107,32 @@ def test_audit_split_is_disjoint_and_covers_both_sets():
     assert np.array_equal(np.sort(np.concatenate([split.calibration_nonmembers, split.eval_nonmembers])),
                           np.arange(30))
     assert len(split.eval_members) == 21 and len(split.eval_nonmembers) == 15
+
+
+def test_results_round_trip_and_the_loader_refuses_other_files(quick_run, tmp_path):
+    results = load_results(str(quick_run))
+    again = Results.from_dict(json.loads(json.dumps(results.to_dict())))
+    assert again == results
+    old = dict(json.loads((quick_run / "results.json").read_text()), version=1)
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    with pytest.raises(ValueError, match="results version 1"):
+        load_results(str(tmp_path / "old.json"))
+    (tmp_path / "other.json").write_text(json.dumps({"schema": "something else"}))
+    with pytest.raises(ValueError, match="not an lpla_fast results file"):
+        load_results(str(tmp_path / "other.json"))
+    with pytest.raises(FileNotFoundError, match="no results file"):
+        load_results(str(tmp_path / "missing"))
+
+
+def test_attack_metadata_lives_on_the_classes():
+    from lpla_fast.attacks import ATTACKS, attack_class
+    from lpla_fast.attacks.base import LEVELS
+
+    for name in ATTACKS:
+        cls = attack_class(name)
+        assert cls.label and set(cls.levels) <= set(LEVELS) and isinstance(cls.takes_p, bool)
+    assert attack_class("lpla").levels == LEVELS and attack_class("lpla").takes_p
+    assert attack_class("encodermi-t").label == "EncoderMI-T" and "reference" not in attack_class("knn").levels
 
 
 def test_config_round_trips_with_infinite_p():
@@ -163,8 +191,9 @@ def test_attack_on_embedding_files(embedding_files, tmp_path):
                  "plots/auc_vs_p.png"):
         assert (out / name).is_file(), name
     results = load_results(str(out))
-    lpla = next(r for r in results["records"] if r["study"] == "main" and r["attack"] == "lpla")
-    assert lpla["k"] == 4 and lpla["metrics"]["auc"] > 0.85
+    assert results.command == "attack" and results.encoders == []
+    lpla = results.select(study="main", attack="lpla")[0]
+    assert lpla.k == 4 and lpla.auc > 0.85
     # The saved calibration reproduces the attack's scores through the fused op.
     calibration = LpLACalibration.load(out / "calibration.json")
     members = torch.from_numpy(np.load(embedding_files["members"]))
@@ -177,7 +206,7 @@ def test_attack_without_shadow_runs_at_the_reference_level(embedding_files, tmp_
     out = tmp_path / "reference"
     assert main(_attack_args(files, out) + ["--level", "reference", "--attacks", "lpla", "norm"]) == 0
     results = load_results(str(out))
-    assert {r["level"] for r in results["records"] if r["study"] == "main"} == {"reference"}
+    assert {r.level for r in results.select(study="main")} == {"reference"}
 
 
 def _bad_file(tmp_path, name, array):
@@ -222,6 +251,5 @@ def test_attack_on_an_encoder_checkpoint(quick_run, tmp_path):
     experiment = load_results(str(quick_run))
     # Same encoders, same splits, same view seeds: the experiment's LpLA numbers again.
     def lpla_auc(results):
-        return next(r["metrics"]["auc"] for r in results["records"]
-                    if r["study"] == "main" and r["attack"] == "lpla" and r["output"] == "backbone")
+        return results.select(study="main", attack="lpla", output="backbone")[0].auc
     assert lpla_auc(attacked) == pytest.approx(lpla_auc(experiment))

@@ -2,7 +2,8 @@
 
 Every attack: `fit(knowledge: AttackerKnowledge) -> self`, `score(views) -> (N,) float64`
 (larger = more likely a member; the direction is learned in fit), `predict(views)` at the
-learned threshold, `to_dict()` / `from_dict(d)` JSON-able state, `.name`, `.min_views`.
+learned threshold, `to_dict()` / `from_dict(d)` JSON-able state. Class attributes: `name`, `label`
+(what reports print), `levels` (knowledge levels it supports), `takes_p` (swept over p), `min_views`.
 """
 
 from __future__ import annotations
@@ -18,11 +19,16 @@ _CLASSES = {cls.name: cls for cls in (LpLA, NormThreshold, EncoderMIThreshold, E
 ATTACKS = tuple(_CLASSES)
 
 
-def make_attack(name: str, **params) -> Attack:
-    """An attack by name (one of ATTACKS) with its parameters."""
+def attack_class(name: str) -> type:
+    """The class of an attack by name (one of ATTACKS): its `label`, `levels`, `takes_p`, `min_views`."""
     if name not in _CLASSES:
         raise ValueError(f"unknown attack {name!r}; choose one of {ATTACKS}")
-    return _CLASSES[name](**params)
+    return _CLASSES[name]
+
+
+def make_attack(name: str, **params) -> Attack:
+    """An attack by name (one of ATTACKS) with its parameters."""
+    return attack_class(name)(**params)
 
 
 def attack_from_dict(d: dict) -> Attack:
@@ -33,5 +39,5 @@ def attack_from_dict(d: dict) -> Attack:
     return _CLASSES[name].from_dict(d)
 
 
-__all__ = ["Attack", "AttackerKnowledge", "ATTACKS", "make_attack", "attack_from_dict", "LpLA", "LpLAPerExample",
+__all__ = ["Attack", "AttackerKnowledge", "ATTACKS", "attack_class", "make_attack", "attack_from_dict", "LpLA", "LpLAPerExample",
            "NormThreshold", "EncoderMIThreshold", "EncoderMIVector", "EncoderMISet", "KNNAttack"]

@@ -149,6 +149,9 @@ class Attack:
     """Base class: shared checks, threshold prediction and the JSON envelope."""
 
     name = "attack"
+    label = "attack"  # the name the report and plots print
+    levels: Tuple[str, ...] = ("shadow", "audit")  # knowledge levels it can be fitted at
+    takes_p = False  # whether its statistic is an Lp-norm (swept over p)
     min_views = 1
 
     def get_params(self) -> dict:

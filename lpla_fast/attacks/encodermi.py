@@ -66,6 +66,9 @@ class EncoderMIThreshold(_EncoderMIBase):
     """EncoderMI-T: the mean pairwise similarity, oriented and thresholded on labelled data."""
 
     name = "encodermi-t"
+    label = "EncoderMI-T"
+    levels = ("shadow", "audit")
+    takes_p = False
 
     def fit(self, knowledge: AttackerKnowledge) -> "EncoderMIThreshold":
         f_in, f_out = self._training_features(knowledge)
@@ -90,6 +93,9 @@ class EncoderMIVector(_EncoderMIBase):
     """
 
     name = "encodermi-v"
+    label = "EncoderMI-V"
+    levels = ("shadow", "audit")
+    takes_p = False
 
     def __init__(self, hidden: int = 64, max_iter: int = 500, alpha: float = 1e-3, seed: int = 0):
         self.hidden = int(hidden)
@@ -143,6 +149,9 @@ class EncoderMISet(_EncoderMIBase):
     """
 
     name = "encodermi-s"
+    label = "EncoderMI-S"
+    levels = ("shadow", "audit")
+    takes_p = False
 
     def __init__(self, hidden: int = 32, steps: int = 300, batch_size: int = 256, lr: float = 1e-2,
                  weight_decay: float = 1e-4, seed: int = 0):

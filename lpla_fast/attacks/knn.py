@@ -96,6 +96,9 @@ class KNNAttack(Attack):
     """
 
     name = "knn"
+    label = "kNN (FAISS)"
+    levels = ("shadow", "audit")
+    takes_p = False
 
     def __init__(self, k: int = 10, metric: str = "cosine", index: str = "flat", nlist: int = 16, nprobe: int = 4,
                  use_gpu="auto"):

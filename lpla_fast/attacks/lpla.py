@@ -97,6 +97,9 @@ class LpLA(Attack):
     """
 
     name = "lpla"
+    label = "LpLA"
+    levels = ("reference", "shadow", "audit")
+    takes_p = True
     min_views = 1
 
     def __init__(self, p: float = 2.0, statistic: str = "log", density: str = "gaussian",
@@ -302,6 +305,9 @@ class LpLAPerExample:
     """
 
     name = "lpla-per-example"
+    label = "LpLA per example"
+    levels = ("shadow",)
+    takes_p = True
 
     def __init__(self, p: float = 2.0, statistic: str = "log", standardize: bool = False,
                  fixed_variance: bool = False, min_per_side: int = 4, min_std: float = 1e-6):

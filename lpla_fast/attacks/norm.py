@@ -27,6 +27,9 @@ class NormThreshold(Attack):
     """
 
     name = "norm"
+    label = "Norm threshold"
+    levels = ("reference", "shadow", "audit")
+    takes_p = True
 
     def __init__(self, p: float = 2.0, standardize: bool = True, reference_fpr: float = 0.1):
         self.p = ops.check_p(p)

@@ -15,6 +15,30 @@ import sys
 SUBCOMMANDS = ("experiment", "train", "embed", "attack", "score", "demo")
 
 
+class Choices:
+    """argparse choices read on first use from the module that defines them (the names of
+    frameworks, outputs and knowledge levels live in `encoders` and `attacks`, whose imports
+    are heavy), so that building the parser imports neither. An argument using them needs a
+    metavar (argparse would otherwise list them at build time); its help can say %(choices)s."""
+
+    def __init__(self, module: str, name: str):
+        self.module, self.name = module, name
+
+    def names(self) -> tuple:
+        return getattr(importlib.import_module(self.module), self.name)
+
+    def __contains__(self, value) -> bool:
+        return value in self.names()
+
+    def __iter__(self):
+        return iter(self.names())
+
+
+FRAMEWORKS = Choices("lpla_fast.encoders.config", "FRAMEWORKS")
+OUTPUTS = Choices("lpla_fast.encoders.base", "OUTPUTS")
+LEVELS = Choices("lpla_fast.attacks.base", "LEVELS")
+
+
 def parse_p(text: str) -> float:
     """argparse type of a norm order: a number > 0, or inf."""
     value = math.inf if text.lower() in ("inf", "infinity") else float(text)

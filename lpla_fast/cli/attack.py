@@ -5,12 +5,11 @@ from __future__ import annotations
 import os
 import sys
 
-from . import parse_p
+from . import LEVELS, OUTPUTS, parse_p
 
 VIEW_FLAGS = (("members", "--members"), ("nonmembers", "--nonmembers"), ("target_reference", "--reference"),
               ("shadow_members", "--shadow-members"), ("shadow_nonmembers", "--shadow-nonmembers"),
               ("shadow_reference", "--shadow-reference"))
-
 
 
 def add_parser(subparsers) -> None:
@@ -37,13 +36,13 @@ def add_parser(subparsers) -> None:
     enc.add_argument("--dataset", default="digits", help="dataset the splits index (default digits)")
     enc.add_argument("--data-root", help="folder of the file-based datasets")
     enc.add_argument("--image-size", type=int, help="image side (default: the encoder's)")
-    enc.add_argument("--outputs", nargs="+", choices=("backbone", "head"), default=["backbone"],
-                     help="representations attacked (default: backbone)")
+    enc.add_argument("--outputs", nargs="+", choices=OUTPUTS, default=["backbone"], metavar="OUTPUT",
+                     help="representations attacked, of %(choices)s (default: backbone)")
     enc.add_argument("--device", default="cpu", help="device for the queries (default cpu)")
     study = parser.add_argument_group("attacks")
     study.add_argument("--attacks", nargs="+", metavar="NAME", help="attacks (default: all)")
-    study.add_argument("--level", choices=("reference", "shadow", "audit"),
-                       help="knowledge level of the main table (default: shadow)")
+    study.add_argument("--level", choices=LEVELS, metavar="LEVEL",
+                       help="knowledge level of the main table: %(choices)s (default: shadow)")
     study.add_argument("--k", type=int, help="query budget of the main table (default 8, at most the files' K)")
     study.add_argument("--ks", nargs="+", type=int, help="K sweep (default 1 2 4 8 16, up to the files' K)")
     study.add_argument("--ps", nargs="+", type=parse_p, help="p sweep (default 1 2 inf)")
@@ -74,7 +73,7 @@ def load_views_file(path: str, flag: str):
 def build_study(args):
     from dataclasses import replace
 
-    from ..experiment import StudyConfig
+    from ..study import StudyConfig
 
     overrides = {name: getattr(args, arg) for name, arg in (("attacks", "attacks"), ("level", "level"), ("k", "k"),
                                                             ("ks", "ks"), ("ps", "ps"), ("n_bootstrap", "bootstrap"))
@@ -83,7 +82,7 @@ def build_study(args):
 
 
 def _views_from_files(args):
-    from ..experiment import ViewSet
+    from ..study import ViewSet
 
     given = {field: getattr(args, flag[2:].replace("-", "_")) for field, flag in VIEW_FLAGS}
     for field, flag in VIEW_FLAGS[:2]:
@@ -98,8 +97,8 @@ def _views_from_files(args):
 
 def _views_from_encoders(args, study):
     from ..data import load_dataset
-    from ..encoders import load_encoder
-    from ..experiment import ViewSet, query_split_views
+    from ..encoders import load_encoder, query_split_views
+    from ..study import ViewSet
     from ..splits import Splits
 
     if not args.splits:
@@ -128,7 +127,7 @@ def _views_from_encoders(args, study):
 
 
 def run(args) -> int:
-    from ..experiment import run_attacks
+    from ..study import run_attacks
 
     try:
         study = build_study(args)
@@ -147,10 +146,9 @@ def run(args) -> int:
     except (ValueError, TypeError, FileNotFoundError) as exc:
         print(f"lpla attack: error: {exc}", file=sys.stderr)
         return 2
-    for r in results["records"]:
-        if r["study"] == "main":
-            auc = f"AUC {r['metrics']['auc']:.3f}" if r.get("metrics") else f"skipped: {r['skipped']}"
-            print(f"{r['output']:<10} {r['attack']:<12} {auc}")
-    saved = ", ".join(results["calibration_files"].values()) or "none (no LpLA in --attacks)"
+    for r in results.select(study="main"):
+        auc = f"AUC {r.auc:.3f}" if r.metrics else f"skipped: {r.skipped}"
+        print(f"{r.output:<10} {r.attack:<12} {auc}")
+    saved = ", ".join(results.calibration_files.values()) or "none (no LpLA in --attacks)"
     print(f"report: {args.out}/report.md; LpLA calibration: {saved}")
     return 0

@@ -11,6 +11,7 @@ import argparse
 
 from ..fileio import replace_atomically
 from ..splits import SPLIT_NAMES
+from . import OUTPUTS
 
 
 def add_parser(subparsers) -> None:
@@ -20,8 +21,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--split", required=True, choices=SPLIT_NAMES, help="which split to embed")
     p.add_argument("--K", type=int, default=8, help="views per image (default 8)")
     p.add_argument("--out", required=True, help="output .npy file")
-    p.add_argument("--output", choices=("backbone", "head"), default="backbone",
-                   help="released representation: backbone embedding (default) or projection head")
+    p.add_argument("--output", choices=OUTPUTS, default="backbone", metavar="OUTPUT",
+                   help="released representation, of %(choices)s: backbone embedding (default) or projection head")
     p.add_argument("--seed", type=int, default=0, help="seed of the random views")
     p.add_argument("--policy", default="default", help="view policy (default: the training one)")
     p.add_argument("--no-clean", action="store_true", help="do not make view 1 the unaugmented image")

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from . import parse_p
-
-FRAMEWORK_CHOICES = ("simclr", "moco", "byol", "simsiam", "barlowtwins")
+from . import FRAMEWORKS, OUTPUTS, parse_p
 
 
 def add_parser(subparsers) -> None:
@@ -23,10 +21,10 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--out", default="runs/experiment", help="run folder (default: runs/experiment)")
     parser.add_argument("--quick", action="store_true",
                         help="a run of about a minute: 2 frameworks, tiny encoders, few samples, K up to 4")
-    parser.add_argument("--frameworks", nargs="+", choices=FRAMEWORK_CHOICES, metavar="NAME",
-                        help=f"target frameworks (default: all of {', '.join(FRAMEWORK_CHOICES)})")
-    parser.add_argument("--shadow-framework", choices=FRAMEWORK_CHOICES,
-                        help="the shadow encoders' framework (default: the same as each target)")
+    parser.add_argument("--frameworks", nargs="+", choices=FRAMEWORKS, metavar="NAME",
+                        help="target frameworks (default: all of %(choices)s)")
+    parser.add_argument("--shadow-framework", choices=FRAMEWORKS, metavar="NAME",
+                        help="the shadow encoders' framework, of %(choices)s (default: the same as each target)")
     parser.add_argument("--dataset", help="digits (default), synthetic, cifar10, cifar100, stl10, svhn, imagefolder")
     parser.add_argument("--data-root", help="folder of the file-based datasets (never downloaded)")
     parser.add_argument("--image-size", type=int, help="image side (default: the dataset's usual size)")
@@ -39,8 +37,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--device", help="auto (default), cpu, cuda or cuda:i")
     parser.add_argument("--seed", type=int, help="seed of splits, training and queries (default 0)")
     parser.add_argument("--members", type=int, help="members per target and shadow encoder (default 200)")
-    parser.add_argument("--outputs", nargs="+", choices=("backbone", "head"),
-                        help="representations attacked (default: both)")
+    parser.add_argument("--outputs", nargs="+", choices=OUTPUTS, metavar="OUTPUT",
+                        help="representations attacked, of %(choices)s (default: both)")
     parser.add_argument("--attacks", nargs="+", metavar="NAME",
                         help="attacks of the main table (default: lpla norm encodermi-t encodermi-v encodermi-s knn)")
     parser.add_argument("--k", type=int, help="default query budget, views per sample (default 8)")
@@ -56,7 +54,7 @@ def build_config(args):
     """The ExperimentConfig an argument namespace asks for (--quick first, then the overrides)."""
     from dataclasses import replace
 
-    from ..experiment import ExperimentConfig
+    from ..study import ExperimentConfig
 
     config = ExperimentConfig.quick() if args.quick else ExperimentConfig()
     overrides = {name: getattr(args, name) for name in (
@@ -77,7 +75,7 @@ def build_config(args):
 
 
 def run(args) -> int:
-    from ..experiment import run_experiment
+    from ..study import run_experiment
 
     try:
         config = build_config(args)
@@ -89,12 +87,13 @@ def run(args) -> int:
     return 0
 
 
-def _print_summary(results: dict, out: str) -> None:
-    rows = [r for r in results["records"] if r["study"] == "main" and r["attack"] == "lpla" and r.get("metrics")]
-    for r in rows:
-        q = results["frameworks"][r["framework"]]["feature_quality"]
-        probe = (q.get("backbone") or q[r["output"]])["linear_probe"]
-        ci = (r["metrics"].get("ci") or {}).get("auc")
+def _print_summary(results, out: str) -> None:
+    for r in results.select(study="main", attack="lpla"):
+        if not r.metrics:
+            continue
+        q = results.target_of(r).feature_quality
+        probe = (q.get("backbone") or q[r.output])["linear_probe"]
+        ci = (r.metrics.get("ci") or {}).get("auc")
         interval = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
-        print(f"{r['framework']:<12} {r['output']:<8} linear probe {probe:.3f}  LpLA AUC {r['metrics']['auc']:.3f}{interval}")
-    print(f"report: {out}/report.md ({results['timings']['total']:.0f} s)")
+        print(f"{r.framework:<12} {r.output:<8} linear probe {probe:.3f}  LpLA AUC {r.auc:.3f}{interval}")
+    print(f"report: {out}/report.md ({results.timings['total']:.0f} s)")

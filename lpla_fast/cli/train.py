@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 
 from ..fileio import write_json
+from ..splits import ROLES
+from . import OUTPUTS
 
 RUN_FILE, SPLITS_FILE, QUALITY_FILE = "run.json", "splits.json", "quality.json"
 
@@ -21,7 +23,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--backbone", default="small_cnn", help="small_cnn | resnet18 | resnet50 | vit_small")
     p.add_argument("--dataset", default="digits",
                    help="digits | synthetic | cifar10 | cifar100 | stl10 | svhn | imagefolder")
-    p.add_argument("--role", choices=("target", "shadow"), default="target",
+    p.add_argument("--role", choices=ROLES, default="target",
                    help="train on the target_members or the shadow_members split")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default 300)")
     p.add_argument("--out", required=True, help="run folder (created; resumed when it holds a checkpoint)")
@@ -68,7 +70,7 @@ def run(args) -> int:
     seconds = time.perf_counter() - start
     quality = {output: feature_quality(encoder, data.images[splits.probe_train], data.labels[splits.probe_train],
                                        data.images[splits.probe_test], data.labels[splits.probe_test], output)
-               for output in ("backbone", "head")}
+               for output in OUTPUTS}
     quality["train_seconds"] = seconds
     quality["members"] = int(len(members))
     write_json(os.path.join(args.out, QUALITY_FILE), quality, allow_nan=True)

@@ -9,10 +9,10 @@ from .frameworks import build_encoder
 from .loading import backbone_state_dict, load_pretrained
 from .quality import extract_features, feature_quality
 from .training import resolve_device, train_encoder
-from .views import query_views
+from .views import head_views, query_split_views, query_views
 
 __all__ = [
     "BACKBONES", "FRAMEWORKS", "Encoder", "TrainConfig", "backbone_state_dict", "build_encoder",
-    "extract_features", "feature_quality", "load_encoder", "load_pretrained", "make_backbone",
-    "query_views", "resolve_device", "save_encoder", "train_encoder",
+    "extract_features", "feature_quality", "head_views", "load_encoder", "load_pretrained", "make_backbone",
+    "query_split_views", "query_views", "resolve_device", "save_encoder", "train_encoder",
 ]

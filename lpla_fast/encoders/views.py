@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Dict, Tuple
+
 import numpy as np
 import torch
 from torch import Tensor
 
 from ..augment import augment
+from ..splits import SPLIT_NAMES
 from .base import Encoder, check_output, evaluating
 
 # Randomness is drawn per block of this many images from a generator seeded by (seed, block):
@@ -72,3 +75,39 @@ def _views(batch: Tensor, start: int, K: int, policy, seed: int, include_clean: 
 
 def _block_seed(seed: int, block: int) -> int:
     return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, block]).generate_state(1, np.uint64)[0] >> 1)
+
+
+# Each split's views get their own seed offset; a target and its shadow query a split with the
+# same seed, so they see the same views of the reference split.
+SPLIT_VIEW_SEEDS = {name: 1000 * (i + 1) for i, name in enumerate(SPLIT_NAMES)}
+
+
+def head_views(encoder: Encoder, backbone_views: Tensor, batch_size: int = 8192) -> Tensor:
+    """Projection-head outputs of backbone view embeddings (N, K, D) -> (N, K, D_head).
+
+    Encoder.embed(x, "head") is head(backbone(x)), so this equals querying the head output
+    with the same views, without a second pass through the backbone.
+    """
+    n, k, d = backbone_views.shape
+    device = next(encoder.parameters()).device
+    flat = backbone_views.reshape(n * k, d)
+    with evaluating(encoder):
+        parts = [encoder.head(flat[i:i + batch_size].to(device)).float().cpu()
+                 for i in range(0, n * k, batch_size)]
+    return torch.cat(parts).reshape(n, k, -1)
+
+
+def query_split_views(encoder: Encoder, images: Tensor, splits, names: Tuple[str, ...], outputs: Tuple[str, ...],
+                      k: int, policy: str = "default", seed: int = 0,
+                      include_clean: bool = True) -> Dict[str, Dict[str, Tensor]]:
+    """{output: {split: (N, k, D)}} view embeddings of the named splits (of a `Splits`) under one
+    encoder; split `name` is queried with seed + SPLIT_VIEW_SEEDS[name]."""
+    out: Dict[str, Dict[str, Tensor]] = {o: {} for o in outputs}
+    for name in names:
+        backbone = query_views(encoder, images[torch.as_tensor(splits[name])], K=k, policy=policy,
+                               seed=seed + SPLIT_VIEW_SEEDS[name], include_clean=include_clean, output="backbone")
+        if "backbone" in out:
+            out["backbone"][name] = backbone
+        if "head" in out:
+            out["head"][name] = head_views(encoder, backbone)
+    return out

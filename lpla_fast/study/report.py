@@ -1,13 +1,17 @@
-"""report.md of an experiment or attack run, rendered from its results dict (results.json)."""
+"""report.md of an experiment or attack run, rendered from its Results (results.json)."""
 
 from __future__ import annotations
 
 from typing import Dict, Iterable, List, Optional
 
-from .fileio import write_text
+from ..attacks import ATTACKS, attack_class
+from ..fileio import write_text
+from .results import AttackRecord, Results
 
-ATTACK_LABELS = {"lpla": "LpLA", "norm": "Norm threshold", "encodermi-t": "EncoderMI-T",
-                 "encodermi-v": "EncoderMI-V", "encodermi-s": "EncoderMI-S", "knn": "kNN (FAISS)"}
+
+def attack_label(name: str) -> str:
+    """The name reports and plots print for an attack (its class's `label`)."""
+    return attack_class(name).label if name in ATTACKS else name
 
 DEFINITIONS = """\
 ## Definitions (ours where the paper is silent)
@@ -51,11 +55,11 @@ labels or gradients. Everything more specific is our own definition, and each ch
 """
 
 
-def write_report(results: dict, path: str) -> None:
+def write_report(results: Results, path: str) -> None:
     write_text(path, render_report(results))
 
 
-def render_report(results: dict) -> str:
+def render_report(results: Results) -> str:
     parts = [_header(results), _tradeoff(results), _main_tables(results), _sweeps(results),
              DEFINITIONS, _timings(results), _files(results)]
     return "\n".join(p for p in parts if p)
@@ -73,11 +77,11 @@ def _with_ci(value: Optional[float], ci: Optional[List[float]]) -> str:
     return f"{value:.3f}" if not ci else f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
 
 
-def _metric(record: dict, name: str) -> str:
+def _metric(record: AttackRecord, name: str) -> str:
     """A metric with its CI: name "auc", "balanced_accuracy" or an FPR key like "0.01"."""
-    m = record.get("metrics")
+    m = record.metrics
     if not m:
-        return f"n/a ({record.get('skipped')})" if record.get("skipped") else "—"
+        return f"n/a ({record.skipped})" if record.skipped else "—"
     ci = m.get("ci") or {}
     if name in ("auc", "balanced_accuracy"):
         return _with_ci(m[name], ci.get(name))
@@ -95,86 +99,84 @@ def _p_label(p) -> str:
     return "∞" if p in ("inf", float("inf")) else f"{float(p):g}"
 
 
-def _records(results: dict, study: str) -> List[dict]:
-    return [r for r in results.get("records", []) if r["study"] == study]
-
-
-def _find(records: List[dict], **keys) -> Optional[dict]:
+def _find(records: List[AttackRecord], **keys) -> Optional[AttackRecord]:
     for r in records:
-        if all(r.get(k) == v for k, v in keys.items()):
+        if all(getattr(r, k) == v for k, v in keys.items()):
             return r
     return None
 
 
-def _labels(records: List[dict], key: str) -> List:
+def distinct(records: List[AttackRecord], key: str) -> List:
+    """The values of one record attribute, in order of first appearance."""
     seen = []
     for r in records:
-        if r[key] not in seen:
-            seen.append(r[key])
+        if getattr(r, key) not in seen:
+            seen.append(getattr(r, key))
     return seen
 
 
 # --- sections -------------------------------------------------------------------------------------
 
-def _header(results: dict) -> str:
-    c = results["config"]
-    study = c.get("study", c)
+def _header(results: Results) -> str:
+    study = results.study
+    env = results.environment
     lines = ["# Membership leakage of contrastive encoders", "",
-             f"Made by `lpla {results.get('command', 'experiment')}` on {results.get('created', '?')} "
-             f"(lpla_fast {results.get('environment', {}).get('lpla_fast', '?')}).", "", "## Setup", ""]
-    if results.get("command") == "experiment":
-        ds = results["dataset"]
-        train = next(iter(results["frameworks"].values()))["train"]["target"]["config"]
+             f"Made by `lpla {results.command}` on {results.created} "
+             f"(lpla_fast {env.get('lpla_fast', '?')}).", "", "## Setup", ""]
+    if results.command == "experiment":
+        c, ds = results.config, results.dataset
+        targets = results.targets()
+        train = targets[0].train_config
         lines += [
             f"- Data: `{ds['name']}`, {ds['num_samples']} images of shape {tuple(ds['image_shape'])}; splits "
-            + ", ".join(f"{k} {v}" for k, v in results["splits"].items()) + f" (seed {c['seed']}).",
+            + ", ".join(f"{k} {v}" for k, v in results.splits.items()) + f" (seed {c['seed']}).",
             f"- Encoders: backbone `{train['backbone']}` (width {train['width'] or 'default'}), "
             f"{train['epochs']} epochs, batch {train['batch_size']}, lr {train['lr']}, augmentation "
-            f"`{train['augmentation']}`; frameworks {', '.join(results['frameworks'])}; shadow framework "
+            f"`{train['augmentation']}`; frameworks {', '.join(e.framework for e in targets)}; shadow framework "
             f"{c.get('shadow_framework') or 'same as the target'}.",
         ]
     else:
-        lines += ["- Inputs: " + ", ".join(f"{k} `{v}`" for k, v in results.get("inputs", {}).items() if v) + "."]
-    ps = ", ".join(_p_label(p) for p in study["ps"])
+        lines += ["- Inputs: " + ", ".join(f"{k} `{v}`" for k, v in results.inputs.items() if v) + "."]
+    ps = ", ".join(_p_label(p) for p in study.ps)
     lines += [
-        f"- Attacks: {', '.join(ATTACK_LABELS.get(a, a) for a in study['attacks'])}; main table at K={study['k']} "
-        f"views, knowledge level `{study['level']}`, p=2 (the attacks' default).",
-        f"- Sweeps: p in {{{ps}}}, K in {{{', '.join(map(str, study['ks']))}}}, knowledge "
-        f"{{{', '.join(study['levels'])}}}; attacks {', '.join(ATTACK_LABELS.get(a, a) for a in study['sweep_attacks'])}.",
-        f"- Confidence intervals: {study['n_bootstrap']} bootstrap replicates (95%).",
-        f"- Device: {results.get('environment', {}).get('device', '?')}; total time "
-        f"{results.get('timings', {}).get('total', 0):.0f} s.",
+        f"- Attacks: {', '.join(attack_label(a) for a in study.attacks)}; main table at K={study.k} "
+        f"views, knowledge level `{study.level}`, p=2 (the attacks' default).",
+        f"- Sweeps: p in {{{ps}}}, K in {{{', '.join(map(str, study.ks))}}}, knowledge "
+        f"{{{', '.join(study.levels)}}}; attacks {', '.join(attack_label(a) for a in study.sweep_attacks)}.",
+        f"- Confidence intervals: {study.n_bootstrap} bootstrap replicates (95%).",
+        f"- Device: {env.get('device', '?')}; total time {results.timings.get('total', 0):.0f} s.",
     ]
     return "\n".join(lines) + "\n"
 
 
-def _tradeoff(results: dict) -> str:
-    frameworks = results.get("frameworks", {})
-    quality = {fw: info.get("feature_quality", {}) for fw, info in frameworks.items() if info.get("feature_quality")}
-    if not quality:
+def _tradeoff(results: Results) -> str:
+    targets = [e for e in results.targets() if e.feature_quality]
+    if not targets:
         return ""
-    main = _records(results, "main")
-    outputs = _labels(main, "output")
+    main = results.select(study="main")
+    outputs = distinct(main, "output")
     header = ["framework", "linear probe", "kNN acc."] + [f"LpLA AUC ({o})" for o in outputs] \
         + [f"EncoderMI-T AUC ({o})" for o in outputs]
     rows = []
-    for fw, q in quality.items():
+    for target in targets:
+        q = target.feature_quality
         b = q.get("backbone") or next(iter(q.values()))
-        row = [fw, _num(b["linear_probe"]), _num(b["knn"])]
+        row = [target.framework, _num(b["linear_probe"]), _num(b["knn"])]
         for attack in ("lpla", "encodermi-t"):
             for o in outputs:
-                r = _find(main, framework=fw, output=o, attack=attack)
+                r = _find(main, framework=target.framework, backbone=target.backbone, seed=target.seed, output=o,
+                          attack=attack)
                 row.append(_metric(r, "auc") if r else "—")
         rows.append(row)
     lines = ["## Feature quality and leakage (the paper's claim)", "",
              "Feature quality of each target encoder (backbone output, probe split) beside the AUC of "
              "the attacks in the main table.", "", _table(header, rows), ""]
-    corr = results.get("correlation", {})
+    corr = results.correlation
     corr_rows = []
     for o in outputs:
         for attack, by_metric in corr.get(o, {}).items():
             lp, kn = by_metric["linear_probe"], by_metric["knn"]
-            corr_rows.append([ATTACK_LABELS.get(attack, attack), o, _num(lp["rho"]), _num(lp["p_value"]),
+            corr_rows.append([attack_label(attack), o, _num(lp["rho"]), _num(lp["p_value"]),
                               _num(kn["rho"]), _num(kn["p_value"]), lp["n"]])
     if corr_rows and max(row[-1] for row in corr_rows) < 3:
         lines += [f"A rank correlation between feature quality and leakage needs at least 3 frameworks; this run "
@@ -212,62 +214,61 @@ def _claim_sentence(corr: dict, outputs: List[str]) -> str:
               "AUC intervals above show how much of the spread is noise.")
 
 
-def _main_tables(results: dict) -> str:
-    main = _records(results, "main")
+def _main_tables(results: Results) -> str:
+    main = results.select(study="main")
     if not main:
         return ""
-    study = results["config"].get("study", results["config"])
-    lines = [f"## Attacks (K={study['k']}, knowledge `{study['level']}`)", "",
+    study = results.study
+    lines = [f"## Attacks (K={study.k}, knowledge `{study.level}`)", "",
              "AUC, TPR at 1% and 0.1% FPR and the best balanced accuracy, each with its 95% bootstrap "
              "interval, on all target members and non-members.", ""]
-    for o in _labels(main, "output"):
-        rows = [[r["framework"], ATTACK_LABELS.get(r["attack"], r["attack"]), _metric(r, "auc"),
+    for o in distinct(main, "output"):
+        rows = [[r.framework, attack_label(r.attack), _metric(r, "auc"),
                  _metric(r, "0.01"), _metric(r, "0.001"), _metric(r, "balanced_accuracy")]
-                for r in main if r["output"] == o]
-        n = next((r["metrics"] for r in main if r["output"] == o and r.get("metrics")), None)
+                for r in main if r.output == o]
+        n = next((r.metrics for r in main if r.output == o and r.metrics), None)
         count = f" ({n['n_members']} members, {n['n_nonmembers']} non-members)" if n else ""
         lines += [f"### Output: {o}{count}", "",
                   _table(["framework", "attack", "AUC", "TPR@1% FPR", "TPR@0.1% FPR", "balanced acc."], rows), ""]
     return "\n".join(lines)
 
 
-def _sweep_table(records: List[dict], column_key: str, column_label) -> str:
-    columns = _labels(records, column_key)
+def _sweep_table(records: List[AttackRecord], column_key: str, column_label) -> str:
+    columns = distinct(records, column_key)
     rows = []
-    for fw in _labels(records, "framework"):
-        for o in _labels(records, "output"):
-            for attack in _labels(records, "attack"):
+    for fw in distinct(records, "framework"):
+        for o in distinct(records, "output"):
+            for attack in distinct(records, "attack"):
                 cells = [_find(records, framework=fw, output=o, attack=attack, **{column_key: c}) for c in columns]
                 if not any(cells):
                     continue
-                rows.append([fw, o, ATTACK_LABELS.get(attack, attack)]
-                            + [_metric(c, "auc") if c else "—" for c in cells])
+                rows.append([fw, o, attack_label(attack)] + [_metric(c, "auc") if c else "—" for c in cells])
     return _table(["framework", "output", "attack"] + [column_label(c) for c in columns], rows)
 
 
-def _sweeps(results: dict) -> str:
-    study = results["config"].get("study", results["config"])
+def _sweeps(results: Results) -> str:
+    study = results.study
     lines = ["## Sweeps (AUC with 95% interval)", ""]
-    p_records = _records(results, "p")
+    p_records = results.select(study="p")
     if p_records:
-        lines += [f"### Norm order p (K={study['k']}, knowledge `{study['level']}`)", "",
+        lines += [f"### Norm order p (K={study.k}, knowledge `{study.level}`)", "",
                   _sweep_table(p_records, "p", lambda p: f"p={_p_label(p)}"), ""]
-    k_records = _records(results, "k")
+    k_records = results.select(study="k")
     if k_records:
-        lines += [f"### Query budget K (knowledge `{study['level']}`; K=1 is the clean image alone)", "",
+        lines += [f"### Query budget K (knowledge `{study.level}`; K=1 is the clean image alone)", "",
                   _sweep_table(k_records, "k", lambda k: f"K={k}"), ""]
-    kn_records = _records(results, "knowledge")
+    kn_records = results.select(study="knowledge")
     if kn_records:
-        n = next((r["metrics"] for r in kn_records if r.get("metrics")), None)
+        n = next((r.metrics for r in kn_records if r.metrics), None)
         count = f"{n['n_members']} members and {n['n_nonmembers']} non-members, " if n else ""
-        lines += [f"### Knowledge level (K={study['k']}; every level evaluated on the same held-out halves: "
+        lines += [f"### Knowledge level (K={study.k}; every level evaluated on the same held-out halves: "
                   f"{count}see Definitions)", "",
                   _sweep_table(kn_records, "level", lambda lvl: lvl), ""]
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
-def _timings(results: dict) -> str:
-    timings = results.get("timings")
+def _timings(results: Results) -> str:
+    timings = results.timings
     if not timings:
         return ""
     groups: Dict[str, float] = {}
@@ -276,9 +277,9 @@ def _timings(results: dict) -> str:
         groups[group] = groups.get(group, 0.0) + seconds
     rows = [[stage, f"{seconds:.1f}"] for stage, seconds in groups.items()]
     rows.append(["**total**", f"**{timings['total']:.1f}**"])
-    training = [f"{fw} {role} {t['seconds']:.0f} s" + (" (reused)" if t.get("reused") else "")
-                for fw, info in results.get("frameworks", {}).items() for role, t in info.get("train", {}).items()]
-    env = results.get("environment", {})
+    training = [f"{e.framework} {e.role} {e.seconds:.0f} s" + (" (reused)" if e.reused else "")
+                for e in results.encoders]
+    env = results.environment
     load = env.get("load_average")
     load_note = f" Load average at the end (1, 5, 15 min): {', '.join(f'{x:.1f}' for x in load)}." if load else ""
     return "\n".join(["## Timings", "",
@@ -287,12 +288,12 @@ def _timings(results: dict) -> str:
                       ("Training per encoder: " + "; ".join(training) + ".\n") if training else ""])
 
 
-def _files(results: dict) -> str:
+def _files(results: Results) -> str:
     files = ["`results.json`: every number above and more (ROC curves, timings, config)"]
-    if results.get("command") == "experiment":
+    if results.command == "experiment":
         files += ["`config.json`, `splits.json`: what made this run",
                   "`encoders/<framework>/<role>/`: the trained encoders (reused by a rerun)"]
-    for name in results.get("calibration_files", {}).values():
+    for name in results.calibration_files.values():
         files.append(f"`{name}`: the fitted LpLA calibration, for `lpla score --calibration`")
-    files += [f"`plots/{name}`" for name in results.get("plots", [])]
+    files += [f"`plots/{name}`" for name in results.plots]
     return "## Files\n\n" + "\n".join(f"- {f}" for f in files) + "\n"
