@@ -97,7 +97,8 @@ class ReferenceAttack(Attack):
             mean = np.full(values.shape[1], values.mean())
             std = np.full(values.shape[1], values.std(ddof=1) if values.size > 1 else 0.0)
         else:
-            mean, std = values.mean(axis=0), values.std(axis=0, ddof=1) if len(values) > 1 else np.zeros(values.shape[1])
+            mean = values.mean(axis=0)
+            std = values.std(axis=0, ddof=1) if len(values) > 1 else np.zeros(values.shape[1])
         return np.stack([mean, np.maximum(std, self.min_std)])
 
     def _measure(self, knowledge, online: bool, need_population: bool) -> Tuple[np.ndarray, ...]:
@@ -110,8 +111,8 @@ class ReferenceAttack(Attack):
         if knowledge.n_views < self.min_views:
             raise ValueError(f"statistic {self.statistic!r} needs K >= {self.min_views} views per sample; "
                              f"the reference views have K={knowledge.n_views}")
-        need_population = need_population or self.standardize or self._info.needs_bank
-        if need_population and not knowledge.has_population:
+        measure_population = need_population or self.standardize
+        if (measure_population or self._info.needs_bank) and not knowledge.has_population:
             why = ("its neighbour bank" if self._info.needs_bank else
                    "each encoder's scale (standardize=True)" if self.standardize else "population samples")
             raise ValueError(f"{self.name} with statistic {self.statistic!r} needs population_views and "
@@ -121,7 +122,7 @@ class ReferenceAttack(Attack):
         for r, views in enumerate(knowledge.reference_views):
             bank = bank_embeddings(knowledge.population_views[r]) if self._info.needs_bank else None
             values = self._values(views, bank, f"reference_views[{r}]")
-            if knowledge.has_population:
+            if measure_population:
                 pop_values = self._values(knowledge.population_views[r], bank, f"population_views[{r}]", True)
                 if self.standardize:
                     moments = self._moments(pop_values)
@@ -132,7 +133,7 @@ class ReferenceAttack(Attack):
         self.bank_ = bank_embeddings(knowledge.target_population_views) if self._info.needs_bank else None
         self.target_moments_ = np.stack([np.zeros(obs[0].shape[1]), np.ones(obs[0].shape[1])])
         target_pop = None
-        if knowledge.has_population:
+        if measure_population:
             target_pop = self._values(knowledge.target_population_views, self.bank_, "target_population_views", True)
             if self.standardize:
                 self.target_moments_ = self._moments(target_pop)
