@@ -152,8 +152,15 @@ def test_per_sample_variances_with_many_references():
     assert auto.cov_in_.shape == (300, K, K)  # 8 observations a side: own variances
     fixed = LiRA(views="per-view", fixed_variance=True).fit(knowledge)
     assert fixed.cov_in_.shape == (K, K)
-    for attack in (auto, fixed):
+    offline = LiRA(views="per-view", online=False).fit(knowledge)
+    assert offline.cov_out_.shape == (300, K, K)
+    for attack in (auto, fixed, offline):
         assert roc_auc(attack.score(views), member) > 0.75
+    # A candidate's own covariance is its in-side deviations' (ddof=1), diagonal for views.
+    obs = np.log(np.stack([np.linalg.norm(v.numpy(), axis=-1) for v in knowledge.reference_views]))
+    own = obs[knowledge.in_mask[:, 0], 0]
+    np.testing.assert_allclose(np.diag(auto.cov_in_[0]), own.var(axis=0, ddof=1) + 1e-12, rtol=1e-9)
+    assert auto.cov_in_[0][0, 1] == 0.0
 
 
 @pytest.mark.parametrize("attack", ["lira-online", "lira-offline", "rmia-online", "rmia-offline"])
@@ -322,3 +329,55 @@ def test_lpla_characteristic_errors():
     resultant_kde = LpLA(characteristic="resultant", density="kde", standardize=False).fit(
         AttackerKnowledge(level="shadow", shadow_members=torch.randn(50, 3, D), shadow_nonmembers=torch.randn(50, 3, D)))
     assert resultant_kde.score(torch.randn(10, 3, D)).shape == (10,)
+
+
+# --- LiRA and RMIA against direct float64 computations of their formulas ---------------------
+
+def mean_log_norm(views) -> np.ndarray:
+    return np.log(np.linalg.norm(views.numpy(), axis=-1)).mean(axis=1)
+
+
+def test_lira_matches_its_formula():
+    w = World(n=200, m=150)
+    knowledge = w.knowledge(R=4)
+    views, _ = w.target()
+    s = np.stack([mean_log_norm(v) for v in knowledge.reference_views])  # (R, N)
+    mask, x = knowledge.in_mask, mean_log_norm(views)
+
+    def side(sel):
+        mu = np.array([s[sel[:, i], i].mean() for i in range(s.shape[1])])
+        sq = sum(((s[sel[:, i], i] - mu[i]) ** 2).sum() for i in range(s.shape[1]))
+        return mu, math.sqrt(sq / (sel.sum(axis=0) - 1).sum() + 1e-12)
+
+    (mu_in, sd_in), (mu_out, sd_out) = side(mask), side(~mask)
+    online = LiRA(online=True).fit(knowledge).score(views)
+    np.testing.assert_allclose(online, norm.logpdf(x, mu_in, sd_in) - norm.logpdf(x, mu_out, sd_out), rtol=1e-9)
+    offline = LiRA(online=False).fit(knowledge).score(views)
+    np.testing.assert_allclose(offline, (x - mu_out) / sd_out, rtol=1e-9)
+
+
+@pytest.mark.parametrize("online, a", [(True, None), (False, 0.3), (False, 1.0)])
+def test_rmia_matches_its_formula(online, a):
+    w = World(n=200, m=150)
+    knowledge = w.knowledge(R=4)
+    views, _ = w.target()
+
+    def standardized(values, population):
+        return (values - population.mean()) / population.std(ddof=1)
+
+    pops = [mean_log_norm(v) for v in knowledge.population_views]
+    target_pop = mean_log_norm(knowledge.target_population_views)
+    lx = np.stack([norm.cdf(standardized(mean_log_norm(v), p)) for v, p in zip(knowledge.reference_views, pops)])
+    lz = np.stack([norm.cdf(standardized(p, p)) for p in pops])
+    mask = knowledge.in_mask
+    if online:
+        prior_x, prior_z = lx.mean(axis=0), lz.mean(axis=0)
+    else:
+        prior_x = (1 + a) / 2 * (lx * ~mask).sum(axis=0) / (~mask).sum(axis=0) + (1 - a) / 2
+        prior_z = (1 + a) / 2 * lz.mean(axis=0) + (1 - a) / 2
+    ratio_x = norm.cdf(standardized(mean_log_norm(views), target_pop)) / prior_x
+    ratio_z = norm.cdf(standardized(target_pop, target_pop)) / prior_z
+    expected = (ratio_x[:, None] / ratio_z[None, :] > 1.0).mean(axis=1)
+    attack = RMIA(online=online, offline_a="auto" if a is None else a).fit(knowledge)
+    assert attack.direction_[0] == pytest.approx(1.0)
+    np.testing.assert_array_equal(attack.score(views), expected)

@@ -46,10 +46,11 @@ def _side_model(obs: np.ndarray, side: np.ndarray, per_sample: str, min_per_side
         enough &= count > v + 1
     if per_sample == "never" or not enough.any():
         return mean, global_cov
-    cov = np.broadcast_to(global_cov, (obs.shape[1], v, v)).copy()
-    for i in np.flatnonzero(enough):
-        cov[i] = gaussian.covariance(residuals[side[:, i], i], count[i] - 1, min_std, diagonal)
-    return mean, cov
+    own = np.einsum("rni,rnj->nij", residuals, residuals) / np.maximum(count - 1, 1)[:, None, None]
+    if diagonal:
+        own *= np.eye(v)
+    own += (min_std ** 2) * np.eye(v)
+    return mean, np.where(enough[:, None, None], own, global_cov)
 
 
 class LiRA(ReferenceAttack):
