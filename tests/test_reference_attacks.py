@@ -327,7 +327,8 @@ def test_lpla_characteristic_errors():
         LpLA(characteristic="mean_spread", standardize=False).fit(
             AttackerKnowledge(level="shadow", shadow_members=views, shadow_nonmembers=views))
     resultant_kde = LpLA(characteristic="resultant", density="kde", standardize=False).fit(
-        AttackerKnowledge(level="shadow", shadow_members=torch.randn(50, 3, D), shadow_nonmembers=torch.randn(50, 3, D)))
+        AttackerKnowledge(level="shadow", shadow_members=torch.randn(50, 3, D),
+                          shadow_nonmembers=torch.randn(50, 3, D)))
     assert resultant_kde.score(torch.randn(10, 3, D)).shape == (10,)
 
 

@@ -49,6 +49,7 @@ from .. import ops
 from ..calibration import LpLACalibration
 from . import gaussian
 from .base import Attack, AttackerKnowledge, best_threshold
+from .statistics import STATISTICS as SAMPLE_STATISTICS
 from .statistics import norm_characteristic
 
 STATISTICS = ("log", "norm")
@@ -56,7 +57,6 @@ DENSITIES = ("gaussian", "kde")
 AGGREGATIONS = ("sum", "mean")
 MODES = ("auto", "reference", "shadow", "audit")
 CHARACTERISTICS = ("view", "mean_spread", "resultant", "multi_p")
-_MIN_VIEWS = {"view": 1, "mean_spread": 2, "resultant": 2, "multi_p": 1}
 
 
 def _check_choice(name, value, allowed):
@@ -143,7 +143,7 @@ class LpLA(Attack):
         self.max_kde_points = int(max_kde_points)
         self.seed = int(seed)
         self.characteristic = characteristic
-        self.min_views = _MIN_VIEWS[characteristic]
+        self.min_views = 1 if characteristic == "view" else SAMPLE_STATISTICS[characteristic].min_views
 
     # --- fitting ------------------------------------------------------------------
     def _stat(self, views, name) -> np.ndarray:
@@ -160,13 +160,10 @@ class LpLA(Attack):
         if self.characteristic == "view":
             return mean_std(self._stat(views, name), self.min_std) if self.standardize else (0.0, 1.0)
         if not self.standardize:
-            return [0.0] * self._n_values, [1.0] * self._n_values
+            size = SAMPLE_STATISTICS[self.characteristic].size
+            return [0.0] * size, [1.0] * size
         values = self._stat(views, name)
         return values.mean(axis=0).tolist(), np.maximum(values.std(axis=0, ddof=1), self.min_std).tolist()
-
-    @property
-    def _n_values(self) -> int:
-        return {"mean_spread": 2, "resultant": 1, "multi_p": 3}[self.characteristic]
 
     def _standardized(self, values: np.ndarray, moments) -> np.ndarray:
         return (values - np.asarray(moments[0])) / np.asarray(moments[1])
@@ -279,7 +276,8 @@ class LpLA(Attack):
             "mode": self.mode_, "dim": self.dim_, "threshold": self.threshold_,
             "reference_moments": self.reference_moments_,
             "calibration": None if self.calibration_ is None else self.calibration_.to_dict(),
-            "gaussians": None if self.gaussians_ is None else {k: gaussian.to_list(v) for k, v in self.gaussians_.items()},
+            "gaussians": (None if self.gaussians_ is None
+                          else {k: gaussian.to_list(v) for k, v in self.gaussians_.items()}),
             "kde_in": None if self.kde_in_ is None else self.kde_in_.tolist(),
             "kde_out": None if self.kde_out_ is None else self.kde_out_.tolist(),
         }

@@ -157,7 +157,8 @@ class ReferenceAttack(Attack):
                 "bank": _encode_bank(self.bank_)}
 
     def _set_shared_state(self, state: dict) -> None:
-        self.n_candidates_, self.n_views_, self.dim_ = int(state["n_candidates"]), int(state["n_views"]), int(state["dim"])
+        self.n_candidates_, self.n_views_ = int(state["n_candidates"]), int(state["n_views"])
+        self.dim_ = int(state["dim"])
         self.threshold_ = float(state["threshold"])
         self.target_moments_ = gaussian.from_list(state["target_moments"])
         self.bank_ = _decode_bank(state["bank"])

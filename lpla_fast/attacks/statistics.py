@@ -32,21 +32,23 @@ MULTI_P = (1.0, 2.0, math.inf)
 
 @dataclass(frozen=True)
 class StatisticInfo:
-    """What a statistic needs and gives: min_views (K needed), per_view (columns are the K
-    views rather than a joint vector), needs_bank (a neighbour bank from the same encoder)."""
+    """What a statistic needs and gives: min_views (K needed), size (V, the values per
+    sample; None for K, one per view), per_view (columns are the K views rather than a
+    joint vector), needs_bank (a neighbour bank from the same encoder)."""
 
     min_views: int
+    size: Optional[int]
     per_view: bool = False
     needs_bank: bool = False
 
 
 STATISTICS = {
-    "lpla": StatisticInfo(min_views=1, per_view=True),
-    "encodermi": StatisticInfo(min_views=2),
-    "knn": StatisticInfo(min_views=1, needs_bank=True),
-    "mean_spread": StatisticInfo(min_views=2),
-    "resultant": StatisticInfo(min_views=2),
-    "multi_p": StatisticInfo(min_views=1),
+    "lpla": StatisticInfo(min_views=1, size=None, per_view=True),
+    "encodermi": StatisticInfo(min_views=2, size=1),
+    "knn": StatisticInfo(min_views=1, size=1, needs_bank=True),
+    "mean_spread": StatisticInfo(min_views=2, size=2),
+    "resultant": StatisticInfo(min_views=2, size=1),
+    "multi_p": StatisticInfo(min_views=1, size=len(MULTI_P)),
 }
 
 
@@ -147,7 +149,8 @@ def sample_statistic(name: str, views: Tensor, p: float = 2.0, log: bool = True,
     """
     info = check_statistic(name)
     if views.shape[1] < info.min_views:
-        raise ValueError(f"statistic {name!r} needs K >= {info.min_views} views per sample; {label} have K={views.shape[1]}")
+        raise ValueError(f"statistic {name!r} needs K >= {info.min_views} views per sample; "
+                         f"{label} have K={views.shape[1]}")
     if name == "lpla":
         return norm_characteristic(views, "view", p, log, label)
     if name in ("mean_spread", "resultant", "multi_p"):
