@@ -141,6 +141,7 @@ def test_standardization_removes_each_encoders_norm_scale():
                                 knowledge.target_population_views * 10.0)
     views, member = w.target()
     assert roc_auc(LiRA(standardize=True).fit(scaled).score(views * 10.0), member) > 0.75
+    assert LiRA().fit(scaled).standardized_  # "auto": on, since the knowledge holds a population
     assert roc_auc(LiRA(standardize=False).fit(scaled).score(views * 10.0), member) < 0.65
 
 
@@ -225,6 +226,9 @@ def test_bad_reference_knowledge_gives_clear_errors():
         RMIA().fit(bare)
     with pytest.raises(ValueError, match="neighbour bank"):
         LiRA(statistic="knn").fit(bare)
+    with pytest.raises(ValueError, match="standardize=True"):
+        LiRA(standardize=True).fit(bare)
+    assert not LiRA().fit(bare).standardized_
     with pytest.raises(TypeError, match="ReferenceKnowledge"):
         LiRA().fit(AttackerKnowledge(level="reference", target_reference=refs[0]))
     with pytest.raises(ValueError, match="K >= 2"):
@@ -351,9 +355,9 @@ def test_lira_matches_its_formula():
         return mu, math.sqrt(sq / (sel.sum(axis=0) - 1).sum() + 1e-12)
 
     (mu_in, sd_in), (mu_out, sd_out) = side(mask), side(~mask)
-    online = LiRA(online=True).fit(knowledge).score(views)
+    online = LiRA(online=True, standardize=False).fit(knowledge).score(views)
     np.testing.assert_allclose(online, norm.logpdf(x, mu_in, sd_in) - norm.logpdf(x, mu_out, sd_out), rtol=1e-9)
-    offline = LiRA(online=False).fit(knowledge).score(views)
+    offline = LiRA(online=False, standardize=False).fit(knowledge).score(views)
     np.testing.assert_allclose(offline, (x - mu_out) / sd_out, rtol=1e-9)
 
 

@@ -66,13 +66,13 @@ class LiRA(ReferenceAttack):
         views: "mean" (default) or "per-view" for the per-view "lpla" statistic.
         fixed_variance: "auto", True (global) or False (own wherever >= 2 observations).
         min_per_side: observations a candidate needs for its own variance under "auto".
-        standardize: standardize each encoder's statistic by its own population (needs
-            population_views); off by default, as the references share the target's recipe.
+        standardize: standardize each encoder's statistic by its own population: "auto"
+            (whenever the knowledge holds one), True (population required) or False.
         reference_fpr: offline, threshold_ is the one-sided test at this level.
         min_std: ridge on every standard deviation.
 
     Fitted: mean_in_ / cov_in_ (online), mean_out_ / cov_out_, direction_ (offline),
-    target_moments_, threshold_ (online 0: the likelihood ratio at equal priors).
+    standardized_, target_moments_, threshold_ (online 0: the likelihood ratio at equal priors).
     """
 
     name = "lira"
@@ -81,7 +81,7 @@ class LiRA(ReferenceAttack):
 
     def __init__(self, statistic: str = "lpla", online: bool = True, p: float = 2.0, log: bool = True,
                  neighbours: int = 10, views: str = "mean", fixed_variance="auto", min_per_side: int = 8,
-                 standardize: bool = False, reference_fpr: float = 0.1, min_std: float = 1e-6):
+                 standardize="auto", reference_fpr: float = 0.1, min_std: float = 1e-6):
         self._init_statistic(statistic, p, log, neighbours, views, standardize, min_std)
         if fixed_variance not in ("auto", True, False):
             raise ValueError(f"fixed_variance must be 'auto', True or False, got {fixed_variance!r}")

@@ -3,7 +3,8 @@ scale, and the direction of membership learned from the reference encoders.
 
 Every encoder (each reference, and the target) measures the statistic on the candidates;
 with standardize, each encoder's values are standardized by that encoder's population
-(its own known non-members), so encoders with different norm scales become comparable.
+(its own known non-members), so encoders with different norm scales become comparable
+("auto": whenever the knowledge holds a population).
 For the per-view "lpla" statistic, `views` chooses LiRA's augmentation practice:
 "per-view" keeps one column per view (the same K views are queried on every encoder, so
 view k has its own per-sample distribution; LiRA, with many references) and "mean" (the
@@ -68,7 +69,7 @@ class ReferenceAttack(Attack):
     takes_p = True
 
     def _init_statistic(self, statistic: str, p: float, log: bool, neighbours: int, views: str,
-                        standardize: bool, min_std: float) -> None:
+                        standardize, min_std: float) -> None:
         info = check_statistic(statistic)
         if views not in VIEW_MODES:
             raise ValueError(f"views must be one of {VIEW_MODES}, got {views!r}")
@@ -78,7 +79,9 @@ class ReferenceAttack(Attack):
             raise ValueError(f"min_std must be > 0, got {min_std}")
         self.statistic, self.p, self.log = statistic, ops.check_p(p), bool(log)
         self.neighbours, self.views = int(neighbours), views
-        self.standardize, self.min_std = bool(standardize), float(min_std)
+        if standardize not in ("auto", True, False):
+            raise ValueError(f"standardize must be 'auto', True or False, got {standardize!r}")
+        self.standardize, self.min_std = standardize, float(min_std)
         self.min_views = info.min_views
         self._info = info
 
@@ -104,17 +107,18 @@ class ReferenceAttack(Attack):
     def _measure(self, knowledge, online: bool, need_population: bool) -> Tuple[np.ndarray, ...]:
         """Statistic of the candidates under each reference (R, N, V), and, with a
         population, of the population under each reference (R, M, V) and under the target
-        (M, V); standardized when self.standardize. Sets the shared fitted state."""
+        (M, V); standardized when standardize is on. Sets the shared fitted state."""
         if not isinstance(knowledge, ReferenceKnowledge):
             raise TypeError(f"{self.name} is fitted on a ReferenceKnowledge (reference encoders), "
                             f"got {type(knowledge).__name__}")
         if knowledge.n_views < self.min_views:
             raise ValueError(f"statistic {self.statistic!r} needs K >= {self.min_views} views per sample; "
                              f"the reference views have K={knowledge.n_views}")
-        measure_population = need_population or self.standardize
+        standardize = knowledge.has_population if self.standardize == "auto" else self.standardize
+        measure_population = need_population or standardize
         if (measure_population or self._info.needs_bank) and not knowledge.has_population:
             why = ("its neighbour bank" if self._info.needs_bank else
-                   "each encoder's scale (standardize=True)" if self.standardize else "population samples")
+                   "each encoder's scale (standardize=True)" if standardize else "population samples")
             raise ValueError(f"{self.name} with statistic {self.statistic!r} needs population_views and "
                              f"target_population_views for {why}")
         knowledge.check_sides(online, self.name)
@@ -124,18 +128,19 @@ class ReferenceAttack(Attack):
             values = self._values(views, bank, f"reference_views[{r}]")
             if measure_population:
                 pop_values = self._values(knowledge.population_views[r], bank, f"population_views[{r}]", True)
-                if self.standardize:
+                if standardize:
                     moments = self._moments(pop_values)
                     values, pop_values = [(v - moments[0]) / moments[1] for v in (values, pop_values)]
                 pop.append(pop_values)
             obs.append(values)
         self.n_candidates_, self.n_views_, self.dim_ = knowledge.n_candidates, knowledge.n_views, knowledge.dim
+        self.standardized_ = bool(standardize)
         self.bank_ = bank_embeddings(knowledge.target_population_views) if self._info.needs_bank else None
         self.target_moments_ = np.stack([np.zeros(obs[0].shape[1]), np.ones(obs[0].shape[1])])
         target_pop = None
         if measure_population:
             target_pop = self._values(knowledge.target_population_views, self.bank_, "target_population_views", True)
-            if self.standardize:
+            if standardize:
                 self.target_moments_ = self._moments(target_pop)
                 target_pop = (target_pop - self.target_moments_[0]) / self.target_moments_[1]
         return np.stack(obs), (np.stack(pop) if pop else None), target_pop
@@ -153,12 +158,13 @@ class ReferenceAttack(Attack):
     # --- state ---------------------------------------------------------------------------------
     def _shared_state(self) -> dict:
         return {"n_candidates": self.n_candidates_, "n_views": self.n_views_, "dim": self.dim_,
-                "threshold": self.threshold_, "target_moments": gaussian.to_list(self.target_moments_),
+                "threshold": self.threshold_, "standardized": self.standardized_, "target_moments": gaussian.to_list(self.target_moments_),
                 "bank": _encode_bank(self.bank_)}
 
     def _set_shared_state(self, state: dict) -> None:
         self.n_candidates_, self.n_views_ = int(state["n_candidates"]), int(state["n_views"])
         self.dim_ = int(state["dim"])
         self.threshold_ = float(state["threshold"])
+        self.standardized_ = bool(state["standardized"])
         self.target_moments_ = gaussian.from_list(state["target_moments"])
         self.bank_ = _decode_bank(state["bank"])
