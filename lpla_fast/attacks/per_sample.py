@@ -104,10 +104,20 @@ class ReferenceAttack(Attack):
             std = values.std(axis=0, ddof=1) if len(values) > 1 else np.zeros(values.shape[1])
         return np.stack([mean, np.maximum(std, self.min_std)])
 
+    def _under_encoder(self, views: Optional[Tensor], population: Optional[Tensor], bank, label: str,
+                       standardize: bool):
+        """One encoder's statistic of the candidates and of its population (either may be
+        None), standardized by that population when asked, and the (2, V) moments used."""
+        values = None if views is None else self._values(views, bank, label)
+        pop = None if population is None else self._values(population, bank, f"population of {label}", True)
+        size = (values if values is not None else pop).shape[1]
+        moments = self._moments(pop) if standardize else np.stack([np.zeros(size), np.ones(size)])
+        return [None if v is None else (v - moments[0]) / moments[1] for v in (values, pop)] + [moments]
+
     def _measure(self, knowledge, online: bool, need_population: bool) -> Tuple[np.ndarray, ...]:
-        """Statistic of the candidates under each reference (R, N, V), and, with a
-        population, of the population under each reference (R, M, V) and under the target
-        (M, V); standardized when standardize is on. Sets the shared fitted state."""
+        """Statistic of the candidates under each reference (R, N, V), and, when the
+        population is used, of the population under each reference (R, M, V) and under
+        the target (M, V). Sets the shared fitted state."""
         if not isinstance(knowledge, ReferenceKnowledge):
             raise TypeError(f"{self.name} is fitted on a ReferenceKnowledge (reference encoders), "
                             f"got {type(knowledge).__name__}")
@@ -115,8 +125,8 @@ class ReferenceAttack(Attack):
             raise ValueError(f"statistic {self.statistic!r} needs K >= {self.min_views} views per sample; "
                              f"the reference views have K={knowledge.n_views}")
         standardize = knowledge.has_population if self.standardize == "auto" else self.standardize
-        measure_population = need_population or standardize
-        if (measure_population or self._info.needs_bank) and not knowledge.has_population:
+        use_population = need_population or standardize
+        if (use_population or self._info.needs_bank) and not knowledge.has_population:
             why = ("its neighbour bank" if self._info.needs_bank else
                    "each encoder's scale (standardize=True)" if standardize else "population samples")
             raise ValueError(f"{self.name} with statistic {self.statistic!r} needs population_views and "
@@ -125,25 +135,20 @@ class ReferenceAttack(Attack):
         obs, pop = [], []
         for r, views in enumerate(knowledge.reference_views):
             bank = bank_embeddings(knowledge.population_views[r]) if self._info.needs_bank else None
-            values = self._values(views, bank, f"reference_views[{r}]")
-            if measure_population:
-                pop_values = self._values(knowledge.population_views[r], bank, f"population_views[{r}]", True)
-                if standardize:
-                    moments = self._moments(pop_values)
-                    values, pop_values = [(v - moments[0]) / moments[1] for v in (values, pop_values)]
-                pop.append(pop_values)
+            population = knowledge.population_views[r] if use_population else None
+            values, pop_values, _ = self._under_encoder(views, population, bank, f"reference_views[{r}]",
+                                                        standardize)
             obs.append(values)
+            pop.append(pop_values)
         self.n_candidates_, self.n_views_, self.dim_ = knowledge.n_candidates, knowledge.n_views, knowledge.dim
         self.standardized_ = bool(standardize)
         self.bank_ = bank_embeddings(knowledge.target_population_views) if self._info.needs_bank else None
         self.target_moments_ = np.stack([np.zeros(obs[0].shape[1]), np.ones(obs[0].shape[1])])
         target_pop = None
-        if measure_population:
-            target_pop = self._values(knowledge.target_population_views, self.bank_, "target_population_views", True)
-            if standardize:
-                self.target_moments_ = self._moments(target_pop)
-                target_pop = (target_pop - self.target_moments_[0]) / self.target_moments_[1]
-        return np.stack(obs), (np.stack(pop) if pop else None), target_pop
+        if use_population:
+            _, target_pop, self.target_moments_ = self._under_encoder(
+                None, knowledge.target_population_views, self.bank_, "the target", standardize)
+        return np.stack(obs), (np.stack(pop) if use_population else None), target_pop
 
     def _target(self, views) -> np.ndarray:
         """(N, V) statistic of the target's views of the candidates, standardized like in fit."""
@@ -158,8 +163,8 @@ class ReferenceAttack(Attack):
     # --- state ---------------------------------------------------------------------------------
     def _shared_state(self) -> dict:
         return {"n_candidates": self.n_candidates_, "n_views": self.n_views_, "dim": self.dim_,
-                "threshold": self.threshold_, "standardized": self.standardized_, "target_moments": gaussian.to_list(self.target_moments_),
-                "bank": _encode_bank(self.bank_)}
+                "threshold": self.threshold_, "standardized": self.standardized_,
+                "target_moments": gaussian.to_list(self.target_moments_), "bank": _encode_bank(self.bank_)}
 
     def _set_shared_state(self, state: dict) -> None:
         self.n_candidates_, self.n_views_ = int(state["n_candidates"]), int(state["n_views"])

@@ -96,6 +96,11 @@ def _check_log(norms: Tensor, name: str) -> None:
 def norm_characteristic(views: Tensor, characteristic: str, p: float, log: bool, name: str = "views") -> np.ndarray:
     """(N, V) float64 values of an LpLA characteristic: "view" (the K view statistics),
     "mean_spread", "resultant" or "multi_p" (see the module docstring)."""
+    if characteristic == "view":  # per-view norms only: one pass, no summary
+        norms = ops.lp_norm(views, p)
+        if log:
+            _check_log(norms, name)
+        return np.log(_as_numpy(norms)) if log else _as_numpy(norms)
     if characteristic == "multi_p":
         columns = []
         for q in MULTI_P:
@@ -105,10 +110,8 @@ def norm_characteristic(views: Tensor, characteristic: str, p: float, log: bool,
             columns.append(_as_numpy(mean))
         return np.stack(columns, axis=1)
     norms, mean, std, mean_view_norm = view_norm_stats(views, p, log and characteristic != "resultant")
-    if log and characteristic in ("view", "mean_spread"):
+    if log and characteristic == "mean_spread":
         _check_log(norms, name)
-    if characteristic == "view":
-        return np.log(_as_numpy(norms)) if log else _as_numpy(norms)
     if characteristic == "mean_spread":
         return np.stack([_as_numpy(mean), _as_numpy(std)], axis=1)
     if characteristic == "resultant":
