@@ -222,6 +222,9 @@ def test_bad_reference_knowledge_gives_clear_errors():
         LiRA(online=True).fit(ReferenceKnowledge(refs, never_in))
     LiRA(online=False).fit(ReferenceKnowledge(refs, never_in))  # offline needs only the out side
     bare = ReferenceKnowledge(refs, mask)
+    pair = ReferenceKnowledge(refs[:2], draw_reference_masks(40, 2, seed=0))
+    with pytest.raises(ValueError, match="no variance can be estimated"):
+        LiRA().fit(pair)  # one encoder a side: RMIA works, LiRA's Gaussians cannot
     with pytest.raises(ValueError, match="population_views"):
         RMIA().fit(bare)
     with pytest.raises(ValueError, match="neighbour bank"):
