@@ -20,8 +20,9 @@ import pytest
 import torch
 from scipy.stats import multivariate_normal, norm
 
-from lpla_fast.attacks import (REFERENCE_ATTACKS, AttackerKnowledge, LiRA, LpLA, ReferenceKnowledge, RMIA,
-                               STATISTICS, attack_from_dict, draw_reference_masks, make_attack, view_norm_stats)
+from lpla_fast.attacks import (REFERENCE_ATTACKS, REFERENCE_LEVEL, STATISTICS, AttackerKnowledge, LiRA, LpLA,
+                               ReferenceKnowledge, RMIA, attack_from_dict, draw_reference_masks, make_attack,
+                               view_norm_stats)
 from lpla_fast.metrics import roc_auc, tpr_at_fpr
 
 D, K = 8, 2
@@ -185,8 +186,9 @@ def test_every_statistic_works_through_every_attack_and_round_trips(attack, stat
 def test_reference_attacks_carry_their_tags():
     for name in REFERENCE_ATTACKS:
         attack = make_attack(name)
-        assert attack.levels == ("references",) and attack.takes_p and attack.label
+        assert attack.levels == ("reference-encoders",) == (REFERENCE_LEVEL,) and attack.takes_p and attack.label
     assert make_attack("lira", statistic="encodermi").min_views == 2
+    assert World(n=20, m=10).knowledge(R=2).level == REFERENCE_LEVEL
 
 
 def test_bad_reference_knowledge_gives_clear_errors():

@@ -4,7 +4,7 @@ Every attack: `fit(knowledge) -> self`, `score(views) -> (N,) float64` (larger =
 likely a member; the direction is learned in fit), `predict(views)` at the learned
 threshold, `to_dict()` / `from_dict(d)` JSON-able state, `.name`, `.min_views`.
 The attacks of ATTACKS fit on an AttackerKnowledge; those of REFERENCE_ATTACKS (LiRA,
-RMIA) on a ReferenceKnowledge (reference encoders, knowledge level "references") and
+RMIA) on a ReferenceKnowledge (reference encoders, knowledge level "reference-encoders") and
 score the target's views of the same candidates.
 """
 

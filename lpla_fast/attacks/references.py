@@ -23,7 +23,7 @@ from torch import Tensor
 
 from ..validation import as_views
 
-LEVEL = "references"
+LEVEL = "reference-encoders"  # not "reference" (known non-members only): R trained encoders
 
 
 def draw_reference_masks(n_candidates: int, R: int, seed: int) -> np.ndarray:
@@ -119,6 +119,11 @@ class ReferenceKnowledge:
             m, kp, dp = self.target_population_views.shape
             if (kp, dp) != (k, d):
                 raise ValueError(f"the population views have (K, D) = ({kp}, {dp}); the candidates' are ({k}, {d})")
+
+    @property
+    def level(self) -> str:
+        """The knowledge level, as AttackerKnowledge.level names its own."""
+        return LEVEL
 
     @property
     def n_references(self) -> int:
