@@ -211,6 +211,8 @@ def test_bad_reference_knowledge_gives_clear_errors():
         ReferenceKnowledge(refs, mask, full.population_views)
     with pytest.raises(ValueError, match="one array per reference"):
         ReferenceKnowledge(refs, mask, full.population_views[:3], full.target_population_views)
+    with pytest.raises(ValueError, match="M=1"):
+        ReferenceKnowledge(refs, mask, [v[:1] for v in full.population_views], full.target_population_views[:1])
     with pytest.raises(ValueError, match=r"\(K, D\)"):
         ReferenceKnowledge(refs, mask, [v[:, :1] for v in full.population_views],
                            full.target_population_views[:, :1])
@@ -248,6 +250,8 @@ def test_bad_reference_knowledge_gives_clear_errors():
         make_attack("rmia", statistic="loss")
     with pytest.raises(ValueError, match="offline_a"):
         RMIA(offline_a=2.0)
+    with pytest.raises(ValueError, match="offline_a"):
+        RMIA(offline_a=True)
     with pytest.raises(RuntimeError, match="not fitted"):
         LiRA().score(views)
 

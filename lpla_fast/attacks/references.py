@@ -117,6 +117,8 @@ class ReferenceKnowledge:
             self.target_population_views = as_views(self.target_population_views, "target_population_views")
             _check_shapes(self.population_views + [self.target_population_views], "population_views")
             m, kp, dp = self.target_population_views.shape
+            if m < 2:
+                raise ValueError(f"the population needs at least 2 samples (each encoder's scale), got M={m}")
             if (kp, dp) != (k, d):
                 raise ValueError(f"the population views have (K, D) = ({kp}, {dp}); the candidates' are ({k}, {d})")
 

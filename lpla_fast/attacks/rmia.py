@@ -77,7 +77,8 @@ class RMIA(ReferenceAttack):
                  p: float = 2.0, log: bool = True, neighbours: int = 10, views: str = "mean",
                  reference_fpr: float = 0.1, min_std: float = 1e-6):
         self._init_statistic(statistic, p, log, neighbours, views, True, min_std)
-        if offline_a != "auto" and not (isinstance(offline_a, (int, float)) and 0 <= offline_a <= 1):
+        number = isinstance(offline_a, (int, float)) and not isinstance(offline_a, bool)
+        if offline_a != "auto" and not (number and 0 <= offline_a <= 1):
             raise ValueError(f"offline_a must be 'auto' or a number in [0, 1], got {offline_a!r}")
         if not gamma > 0:
             raise ValueError(f"gamma must be > 0, got {gamma}")
