@@ -1,4 +1,4 @@
-"""LpLA, the embedding Lp-norm likelihood attack, and its per-example (LiRA-style) variant.
+"""LpLA, the embedding Lp-norm likelihood attack.
 
 The paper's abstract says only that LpLA infers membership from "the statistical
 distribution characteristics of the p-norm of feature vectors". Everything below is our
@@ -22,12 +22,23 @@ own definition, and every choice is a parameter:
 - standardize: each encoder's statistic is standardized with its own reference
   non-members (shadow with shadow_reference, target with target_reference), so a
   calibration fitted on a shadow encoder transfers to a target with another norm scale.
+- characteristic: which "distribution characteristic" of the K view norms is modelled.
+  "view" (default) is the per-view statistic above. The others describe each sample as a
+  whole (see `statistics.norm_characteristic`) and get member / non-member Gaussians over
+  samples, multivariate with a full covariance, score log N_in(c) - log N_out(c):
+  "mean_spread" (mean and std of the K view statistics, jointly: the views share one norm
+  level, so they are not independent draws), "resultant" (||mean_k z_k||_p / mean_k
+  ||z_k||_p, 1 when the views agree) and "multi_p" (the mean view statistic at p = 1, 2,
+  inf). Each coordinate is standardized by the encoder's reference non-members; with
+  reference-only knowledge the score is the two-sided Mahalanobis distance from them.
+  `aggregation` applies to "view" only; KDE to one-dimensional characteristics only.
+- Per-sample calibration against reference encoders (LiRA, RMIA) is in `lira` / `rmia`.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
@@ -36,13 +47,16 @@ from scipy.stats import norm as normal
 
 from .. import ops
 from ..calibration import LpLACalibration
-from ..validation import as_views
-from .base import Attack, AttackerKnowledge, best_threshold, check_views, init_params
+from . import gaussian
+from .base import Attack, AttackerKnowledge, best_threshold
+from .statistics import STATISTICS as SAMPLE_STATISTICS
+from .statistics import norm_characteristic
 
 STATISTICS = ("log", "norm")
 DENSITIES = ("gaussian", "kde")
 AGGREGATIONS = ("sum", "mean")
 MODES = ("auto", "reference", "shadow", "audit")
+CHARACTERISTICS = ("view", "mean_spread", "resultant", "multi_p")
 
 
 def _check_choice(name, value, allowed):
@@ -89,11 +103,14 @@ class LpLA(Attack):
         reference_fpr: with reference-only knowledge, `threshold_` flags this fraction of
             the reference non-members.
         min_std: floor of fitted standard deviations.
+        characteristic: "view", "mean_spread", "resultant" or "multi_p" (module docstring).
         max_kde_points: KDE support size (a seeded subsample beyond it).
         seed: seed of that subsample.
 
-    Fitted: calibration_ (LpLACalibration for density="gaussian", else None), mode_,
-    dim_, threshold_, kde_in_ / kde_out_ (KDE support points, standardized units).
+    Fitted: calibration_ (LpLACalibration for characteristic="view" and
+    density="gaussian", else None), gaussians_ (the in / out means and covariances of the
+    other characteristics), mode_, dim_, threshold_, reference_moments_, kde_in_ /
+    kde_out_ (KDE support points, standardized units).
     """
 
     name = "lpla"
@@ -105,11 +122,14 @@ class LpLA(Attack):
     def __init__(self, p: float = 2.0, statistic: str = "log", density: str = "gaussian",
                  aggregation: str = "sum", knowledge: str = "auto", standardize: bool = True,
                  reference_spread: float = 2.0, reference_fpr: float = 0.1, min_std: float = 1e-6,
-                 max_kde_points: int = 2048, seed: int = 0):
+                 max_kde_points: int = 2048, seed: int = 0, characteristic: str = "view"):
         _check_choice("statistic", statistic, STATISTICS)
         _check_choice("density", density, DENSITIES)
         _check_choice("aggregation", aggregation, AGGREGATIONS)
         _check_choice("knowledge", knowledge, MODES)
+        _check_choice("characteristic", characteristic, CHARACTERISTICS)
+        if density == "kde" and characteristic in ("mean_spread", "multi_p"):
+            raise ValueError(f"density='kde' is one-dimensional; characteristic {characteristic!r} is a vector")
         if not reference_spread > 1:
             raise ValueError(f"reference_spread must be > 1, got {reference_spread}")
         if not 0 < reference_fpr < 1:
@@ -125,15 +145,31 @@ class LpLA(Attack):
         self.min_std = float(min_std)
         self.max_kde_points = int(max_kde_points)
         self.seed = int(seed)
+        self.characteristic = characteristic
+        self.min_views = 1 if characteristic == "view" else SAMPLE_STATISTICS[characteristic].min_views
 
     # --- fitting ------------------------------------------------------------------
     def _stat(self, views, name) -> np.ndarray:
-        return view_statistic(views, self.p, self.statistic, name)
+        """(N, K) view statistics, or (N, V) values of another characteristic."""
+        if views.shape[1] < self.min_views:
+            raise ValueError(f"characteristic {self.characteristic!r} needs K >= {self.min_views} views per "
+                             f"sample; the {name} have K={views.shape[1]}")
+        if self.characteristic == "view":
+            return view_statistic(views, self.p, self.statistic, name)
+        return norm_characteristic(views, self.characteristic, self.p, self.statistic == "log", name)
 
-    def _reference_moments(self, views, name) -> Tuple[float, float]:
+    def _reference_moments(self, views, name):
+        """(mean, std) of the reference's statistic: floats for "view", else per coordinate."""
+        if self.characteristic == "view":
+            return mean_std(self._stat(views, name), self.min_std) if self.standardize else (0.0, 1.0)
         if not self.standardize:
-            return 0.0, 1.0
-        return mean_std(self._stat(views, name), self.min_std)
+            size = SAMPLE_STATISTICS[self.characteristic].size
+            return [0.0] * size, [1.0] * size
+        values = self._stat(views, name)
+        return values.mean(axis=0).tolist(), np.maximum(values.std(axis=0, ddof=1), self.min_std).tolist()
+
+    def _standardized(self, values: np.ndarray, moments) -> np.ndarray:
+        return (values - np.asarray(moments[0])) / np.asarray(moments[1])
 
     def _aggregate(self, t: np.ndarray) -> np.ndarray:
         """Values the densities are fitted on: every view (sum) or each sample's view mean."""
@@ -156,11 +192,11 @@ class LpLA(Attack):
             source_ref = target_ref = nonmembers if knowledge.target_reference is None else knowledge.target_reference
         source = self._reference_moments(source_ref, "reference")
         target = self._reference_moments(target_ref, "target_reference")
-        t_in = None if members is None else (self._stat(members, "members") - source[0]) / source[1]
-        t_out = (self._stat(nonmembers, "non-members") - source[0]) / source[1]
+        t_in = None if members is None else self._standardized(self._stat(members, "members"), source)
+        t_out = self._standardized(self._stat(nonmembers, "non-members"), source)
         self.mode_ = mode
         self.dim_ = knowledge.target_dim()
-        self.reference_moments_ = [float(target[0]), float(target[1])]
+        self.reference_moments_ = [target[0], target[1]]
         self._fit_densities(t_in, t_out)
         self._fit_threshold(t_in, t_out)
         return self
@@ -168,12 +204,15 @@ class LpLA(Attack):
     def _fit_densities(self, t_in: Optional[np.ndarray], t_out: np.ndarray) -> None:
         out_values = self._aggregate(t_out)
         in_values = None if t_in is None else self._aggregate(t_in)
-        self.calibration_ = None
+        self.calibration_ = self.gaussians_ = None
         self.kde_in_ = self.kde_out_ = None
         if self.density == "kde":
             rng = np.random.default_rng(self.seed)
             self.kde_out_ = _subsample(out_values, self.max_kde_points, rng)
             self.kde_in_ = None if in_values is None else _subsample(in_values, self.max_kde_points, rng)
+            return
+        if self.characteristic != "view":
+            self._fit_gaussians(t_in, t_out)
             return
         mean_out, std_out = mean_std(out_values, self.min_std)
         if in_values is None:
@@ -186,6 +225,15 @@ class LpLA(Attack):
             ref_std=self.reference_moments_[1], dim=self.dim_, aggregation=self.aggregation,
             meta={"attack": self.name, "knowledge": self.mode_, "standardized": self.standardize},
         )
+
+    def _fit_gaussians(self, t_in: Optional[np.ndarray], t_out: np.ndarray) -> None:
+        """Member / non-member Gaussians of a characteristic vector (full covariance)."""
+        mean_out, cov_out = gaussian.fit(t_out, self.min_std)
+        if t_in is None:
+            mean_in, cov_in = mean_out, self.reference_spread ** 2 * cov_out
+        else:
+            mean_in, cov_in = gaussian.fit(t_in, self.min_std)
+        self.gaussians_ = {"mean_in": mean_in, "cov_in": cov_in, "mean_out": mean_out, "cov_out": cov_out}
 
     def _fit_threshold(self, t_in, t_out) -> None:
         out_scores = self._score_standardized(t_out)
@@ -200,6 +248,9 @@ class LpLA(Attack):
     # --- scoring ------------------------------------------------------------------
     def _score_standardized(self, t: np.ndarray) -> np.ndarray:
         """Scores from standardized statistics t (N, K), in numpy (fit-time and KDE path)."""
+        if self.gaussians_ is not None:
+            g = self.gaussians_
+            return gaussian.log_ratio(t, g["mean_in"], g["cov_in"], g["mean_out"], g["cov_out"])
         values = t if self.aggregation == "sum" else t.mean(axis=1, keepdims=True)
         if self.density == "kde":
             log_out = self._kde("out").logpdf(values)
@@ -220,8 +271,7 @@ class LpLA(Attack):
         views = self._check(views)
         if self.calibration_ is not None:
             return self.calibration_.score(views)[1].to(torch.float64).cpu().numpy()
-        ref_mean, ref_std = self.reference_moments_
-        return self._score_standardized((self._stat(views, "views") - ref_mean) / ref_std)
+        return self._score_standardized(self._standardized(self._stat(views, "views"), self.reference_moments_))
 
     # --- state --------------------------------------------------------------------
     def _state(self) -> dict:
@@ -229,6 +279,8 @@ class LpLA(Attack):
             "mode": self.mode_, "dim": self.dim_, "threshold": self.threshold_,
             "reference_moments": self.reference_moments_,
             "calibration": None if self.calibration_ is None else self.calibration_.to_dict(),
+            "gaussians": (None if self.gaussians_ is None
+                          else {k: gaussian.to_list(v) for k, v in self.gaussians_.items()}),
             "kde_in": None if self.kde_in_ is None else self.kde_in_.tolist(),
             "kde_out": None if self.kde_out_ is None else self.kde_out_.tolist(),
         }
@@ -237,7 +289,9 @@ class LpLA(Attack):
         self.mode_ = state["mode"]
         self.dim_ = state["dim"]
         self.threshold_ = float(state["threshold"])
-        self.reference_moments_ = [float(v) for v in state["reference_moments"]]
+        self.reference_moments_ = [v if isinstance(v, list) else float(v) for v in state["reference_moments"]]
+        saved = state.get("gaussians")
+        self.gaussians_ = None if saved is None else {k: gaussian.from_list(v) for k, v in saved.items()}
         cal = state.get("calibration")
         self.calibration_ = None if cal is None else LpLACalibration.from_dict(cal)
         self.kde_in_ = None if state.get("kde_in") is None else np.asarray(state["kde_in"], np.float64)
@@ -282,142 +336,3 @@ def _subsample(values: np.ndarray, limit: int, rng: np.random.Generator) -> np.n
     if values.size <= limit:
         return values.copy()
     return rng.choice(values, size=limit, replace=False)
-
-
-class LpLAPerExample:
-    """Per-example LpLA with several shadow encoders (LiRA-style; beyond the paper).
-
-    Each shadow encoder s was trained on a subset of the candidate samples (in_mask[s, i]
-    is True when sample i was one of its members). For each sample i, the view-mean
-    statistic m = mean_k t_k across the shadows where it was a member gives a Gaussian
-    N(mu_in[i], sd_in[i]^2), and across those where it was not, N(mu_out[i], sd_out[i]^2).
-    The target's score for sample i is log N(m_i; in) - log N(m_i; out).
-
-    Few shadows make per-sample variances unreliable: a sample with fewer than
-    `min_per_side` observations on a side uses the global (pooled) standard deviation of
-    that side, and with `fixed_variance=True` every sample does (LiRA's recommendation
-    for few shadows). A sample never seen on one side takes the other side's mean shifted
-    by the global in-out offset; a sample seen on neither side is an error.
-
-    With standardize=True, each encoder's statistic is standardized by its own reference
-    non-members (`shadow_reference` in fit, one per shadow; `target_reference` in fit,
-    for the target), so shadows and target with different norm scales are comparable.
-    """
-
-    name = "lpla-per-example"
-    label = "LpLA per example"
-    levels = ("shadow",)
-    takes_p = True
-
-    def __init__(self, p: float = 2.0, statistic: str = "log", standardize: bool = False,
-                 fixed_variance: bool = False, min_per_side: int = 4, min_std: float = 1e-6):
-        _check_choice("statistic", statistic, STATISTICS)
-        self.p = ops.check_p(p)
-        self.statistic = statistic
-        self.standardize = bool(standardize)
-        self.fixed_variance = bool(fixed_variance)
-        self.min_per_side = int(min_per_side)
-        self.min_std = float(min_std)
-
-    def get_params(self) -> dict:
-        return init_params(self)
-
-    def _moments_of(self, views, name) -> Tuple[float, float]:
-        return mean_std(view_statistic(as_views(views, name), self.p, self.statistic, name), self.min_std)
-
-    def fit(self, shadow_views: Sequence, in_mask, shadow_reference: Optional[Sequence] = None,
-            target_reference=None) -> "LpLAPerExample":
-        """shadow_views: one (N, K, D) tensor per shadow encoder, the same N candidates in
-        the same order; in_mask: (S, N) bool."""
-        if isinstance(shadow_views, torch.Tensor) or not len(shadow_views):
-            raise ValueError("shadow_views must be a non-empty list of (N, K, D) tensors, one per shadow encoder")
-        views = [as_views(v, f"shadow_views[{s}]") for s, v in enumerate(shadow_views)]
-        if len({int(v.shape[0]) for v in views}) != 1:
-            raise ValueError(f"every shadow_views[s] must hold the same N candidates, got N={[v.shape[0] for v in views]}")
-        norms = np.stack([view_statistic(v, self.p, "norm") for v in views])
-        shadow_moments = target_moments = None
-        if self.standardize:
-            if shadow_reference is None or target_reference is None or len(shadow_reference) != len(views):
-                raise ValueError("standardize=True needs shadow_reference (one per shadow) and target_reference")
-            shadow_moments = [self._moments_of(r, f"shadow_reference[{s}]") for s, r in enumerate(shadow_reference)]
-            target_moments = self._moments_of(target_reference, "target_reference")
-        self.fit_norms(norms, in_mask, shadow_moments, target_moments)
-        self.dim_ = int(views[0].shape[-1])
-        return self
-
-    def fit_norms(self, shadow_norms, in_mask, shadow_moments: Optional[Sequence] = None,
-                  target_moments: Optional[Sequence] = None) -> "LpLAPerExample":
-        """shadow_norms: (S, N, K) ||z||_p (not logged) of the candidates under each shadow;
-        shadow_moments / target_moments: optional (mean, std) of each shadow's / the
-        target's reference statistic, for standardization."""
-        norms = np.asarray(shadow_norms, dtype=np.float64)
-        mask = np.asarray(in_mask, dtype=bool)
-        if norms.ndim == 2:
-            norms = norms[:, :, None]
-        if norms.ndim != 3 or mask.shape != norms.shape[:2]:
-            raise ValueError(f"shadow_norms must be (S, N, K) and in_mask (S, N); got {norms.shape} and {mask.shape}")
-        if not np.isfinite(norms).all():
-            raise ValueError("shadow_norms contain NaN or Inf")
-        stat = _transform(norms, self.statistic, "shadow_norms")
-        if shadow_moments is not None:
-            moments = np.asarray(shadow_moments, dtype=np.float64).reshape(-1, 2)
-            stat = (stat - moments[:, 0].reshape(-1, 1, 1)) / moments[:, 1].reshape(-1, 1, 1)
-        m = stat.mean(axis=2)  # (S, N)
-        self.mu_in_, self.sd_in_, n_in = _masked_moments(m, mask)
-        self.mu_out_, self.sd_out_, n_out = _masked_moments(m, ~mask)
-        if ((n_in == 0) & (n_out == 0)).any():
-            raise ValueError("some candidate samples have no shadow observations at all")
-        if not n_in.any() or not n_out.any():
-            raise ValueError("in_mask must mark some (shadow, sample) pairs as members and some as non-members")
-        offset = float(m[mask].mean() - m[~mask].mean())
-        self.mu_in_ = np.where(n_in > 0, self.mu_in_, self.mu_out_ + offset)
-        self.mu_out_ = np.where(n_out > 0, self.mu_out_, self.mu_in_ - offset)
-        global_in = max(float(np.std(m[mask] - self.mu_in_[np.nonzero(mask)[1]])), self.min_std)
-        global_out = max(float(np.std(m[~mask] - self.mu_out_[np.nonzero(~mask)[1]])), self.min_std)
-        few_in = self.fixed_variance | (n_in < self.min_per_side)
-        few_out = self.fixed_variance | (n_out < self.min_per_side)
-        self.sd_in_ = np.where(few_in, global_in, np.maximum(self.sd_in_, self.min_std))
-        self.sd_out_ = np.where(few_out, global_out, np.maximum(self.sd_out_, self.min_std))
-        self.target_moments_ = [0.0, 1.0] if target_moments is None else [float(v) for v in target_moments]
-        self.dim_ = None
-        return self
-
-    def score(self, views) -> np.ndarray:
-        """Scores (N,) of the target's views (N, K, D) of the same N candidates."""
-        views = check_views(views, "views", 1, self.dim_)
-        return self.score_norms(ops.lp_norm(views, self.p).to(torch.float64).numpy())
-
-    def score_norms(self, norms) -> np.ndarray:
-        """Scores (N,) from the target's per-view norms (N, K) (or (N,))."""
-        if not hasattr(self, "mu_in_"):
-            raise RuntimeError("LpLAPerExample is not fitted; call fit first")
-        norms = np.asarray(norms, dtype=np.float64)
-        norms = norms[:, None] if norms.ndim == 1 else norms
-        if norms.shape[0] != self.mu_in_.size:
-            raise ValueError(f"expected the {self.mu_in_.size} candidates of fit, got {norms.shape[0]}")
-        stat = (_transform(norms, self.statistic, "norms") - self.target_moments_[0]) / self.target_moments_[1]
-        m = stat.mean(axis=1)
-        return normal.logpdf(m, self.mu_in_, self.sd_in_) - normal.logpdf(m, self.mu_out_, self.sd_out_)
-
-    def to_dict(self) -> dict:
-        state = {k: np.asarray(getattr(self, k)).tolist() for k in ("mu_in_", "sd_in_", "mu_out_", "sd_out_")}
-        state.update(target_moments_=self.target_moments_, dim_=self.dim_)
-        return {"attack": self.name, "params": self.get_params(), "state": state}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "LpLAPerExample":
-        if not isinstance(d, dict) or d.get("attack") != cls.name:
-            raise ValueError(f"not a saved {cls.name!r} attack")
-        attack = cls(**d["params"])
-        for k, v in d["state"].items():
-            setattr(attack, k, np.asarray(v, np.float64) if k in ("mu_in_", "sd_in_", "mu_out_", "sd_out_") else v)
-        return attack
-
-
-def _masked_moments(m: np.ndarray, mask: np.ndarray):
-    """Per-sample mean, std (ddof=0) and count of m (S, N) over the shadows where mask."""
-    count = mask.sum(axis=0)
-    safe = np.maximum(count, 1)
-    mean = np.where(mask, m, 0.0).sum(axis=0) / safe
-    var = np.where(mask, (m - mean) ** 2, 0.0).sum(axis=0) / safe
-    return mean, np.sqrt(var), count
