@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Dict, List, Optional
+
+import numpy as np
 
 from ..fileio import decode_float, jsonable, write_json
 from .settings import ExperimentConfig, StudyConfig, known_fields
@@ -20,6 +22,22 @@ from .settings import ExperimentConfig, StudyConfig, known_fields
 RESULTS_SCHEMA = "lpla_fast.experiment_results"
 RESULTS_VERSION = 2  # 2: typed records; encoders as a list of EncoderRecord (1: "frameworks" dict)
 RESULTS_FILE = "results.json"
+
+
+@dataclass
+class SampleScores:
+    """The per-sample scores behind one AttackRecord's metrics. They are not stored in
+    results.json (which stays small): the run writes them to scores.parquet and to Privacy
+    Meter-style npz files (`study.exports`).
+
+    sample: (n,) int64 indices of the evaluated samples in the dataset.
+    is_member: (n,) bool, the truth.
+    score: (n,) float64, the attack's score (larger = more likely a member).
+    """
+
+    sample: np.ndarray
+    is_member: np.ndarray
+    score: np.ndarray
 
 
 @dataclass
@@ -39,7 +57,9 @@ class AttackRecord:
     evaluated: "all" members and non-members, or "audit_halves" (the knowledge sweep).
     seed: the seed of the run that trained the target (one per repeat).
     backbone: the target's backbone (None when unknown, e.g. attacked embedding files).
-    defense: the defense applied before the attack (None: the undefended release).
+    width: the backbone's width (None: its default or unknown).
+    defense: the defense applied (None: the undefended release); see `study.defenses`.
+    samples: the per-sample scores (in memory only; not in results.json).
     """
 
     framework: str
@@ -57,14 +77,25 @@ class AttackRecord:
     evaluated: str = "all"
     seed: int = 0
     backbone: Optional[str] = None
+    width: Optional[int] = None
     defense: Optional[str] = None
+    samples: Optional[SampleScores] = field(default=None, repr=False, compare=False)
 
     @property
     def auc(self) -> Optional[float]:
         return None if self.metrics is None else self.metrics["auc"]
 
+    def tpr_at(self, fpr: float) -> Optional[float]:
+        """TPR at the given FPR (0.001, 0.01 or 0.1), None when skipped."""
+        return None if self.metrics is None else self.metrics["tpr_at_fpr"][str(fpr)]
+
+    @property
+    def architecture(self) -> Optional[str]:
+        """"<backbone>-<width>" (e.g. "small_cnn-32"), the backbone alone without a width."""
+        return architecture_name(self.backbone, self.width)
+
     def to_dict(self) -> dict:
-        return jsonable(asdict(self))
+        return jsonable({f.name: getattr(self, f.name) for f in fields(self) if f.name != "samples"})
 
     @classmethod
     def from_dict(cls, d: dict) -> "AttackRecord":
@@ -89,6 +120,8 @@ class EncoderRecord:
     feature_quality: {output: {"linear_probe": acc, "knn": acc, ...}} (targets only).
     embed_dim: {output: D} (targets only).
     audit_split: the AuditSplit indices of the audit level (targets only).
+    defense: the training-time defense it was trained under (None: the plain recipe).
+    members: how many samples it was trained on.
     """
 
     framework: str
@@ -105,6 +138,12 @@ class EncoderRecord:
     feature_quality: Dict[str, dict] = field(default_factory=dict)
     embed_dim: Dict[str, int] = field(default_factory=dict)
     audit_split: Optional[dict] = None
+    defense: Optional[str] = None
+    members: int = 0
+
+    @property
+    def architecture(self) -> str:
+        return architecture_name(self.backbone, self.width)
 
     def to_dict(self) -> dict:
         return jsonable(asdict(self))
@@ -112,6 +151,12 @@ class EncoderRecord:
     @classmethod
     def from_dict(cls, d: dict) -> "EncoderRecord":
         return cls(**known_fields(cls, d))
+
+
+def architecture_name(backbone: Optional[str], width: Optional[int]) -> Optional[str]:
+    if backbone is None:
+        return None
+    return backbone if width is None else f"{backbone}-{width}"
 
 
 def _now() -> str:
