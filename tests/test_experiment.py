@@ -31,36 +31,62 @@ def test_quick_experiment_writes_every_output(quick_run):
     for name in PLOTS:
         assert (quick_run / "plots" / name).stat().st_size > 1000, name
     for framework in ("simclr", "byol"):
-        for role in ("target", "shadow"):
-            assert (quick_run / "encoders" / framework / role / "model.safetensors").is_file()
+        for model in ("seed0", "seed1", "seed2", "seed3", "shadow"):
+            assert (quick_run / "encoders" / f"{framework}-small_cnn-8" / model / "model.safetensors").is_file()
+    assert (quick_run / "encoders" / "simclr-small_cnn-4" / "seed0" / "model.safetensors").is_file()
+    assert (quick_run / "encoders" / "simclr-small_cnn-8-epochs1" / "seed0" / "model.safetensors").is_file()
 
 
 def test_results_hold_every_study_with_intervals(quick_run):
     results = load_results(str(quick_run))
     assert results.version == RESULTS_VERSION and results.experiment == ExperimentConfig.quick()
-    assert {r.study for r in results.records} == {"main", "p", "k", "knowledge"}
+    assert {r.study for r in results.records} == {"main", "references", "p", "k", "knowledge", "ladder", "defense"}
     main_records = results.select(study="main")
-    # 2 frameworks x 2 outputs x 6 attacks, every one scored.
-    assert len(main_records) == 24 and all(r.metrics for r in main_records)
+    # 2 frameworks x 2 seeds x 2 outputs x 6 attacks, every one scored.
+    assert len(main_records) == 48 and all(r.metrics for r in main_records)
+    assert {r.seed for r in main_records} == {0, 1}
     for r in main_records:
         m = r.metrics
         assert 0 <= r.auc <= 1 and m["ci"]["auc"][0] <= r.auc <= m["ci"]["auc"][1]
         assert set(m["tpr_at_fpr"]) == {"0.001", "0.01", "0.1"}
         assert len(r.roc["fpr"]) == len(r.roc["tpr"]) > 2
-        assert r.seed == 0 and r.backbone == "small_cnn" and r.defense is None
+        assert r.backbone == "small_cnn" and r.width == 8 and r.defense is None
     assert {r.p for r in results.select(study="p")} == {1.0, 2.0, math.inf}
     assert {r.k for r in results.select(study="k")} == {1, 2, 4}
     # EncoderMI cannot work with one view, nor at the reference level: recorded, not hidden.
     skipped = {(r.attack, r.study) for r in results.records if r.skipped}
     assert ("encodermi-t", "k") in skipped and ("encodermi-t", "knowledge") in skipped
-    assert [(e.framework, e.role) for e in results.encoders] == [
-        ("simclr", "target"), ("simclr", "shadow"), ("byol", "target"), ("byol", "shadow")]
+    headline = [("target", 0), ("target", 1), ("reference", 2), ("reference", 3), ("shadow", 0)]
+    assert [(e.framework, e.role, e.seed) for e in results.encoders] == [
+        ("simclr", role, seed) for role, seed in headline] + [("byol", role, seed) for role, seed in headline] + [
+        ("simclr", "target", 0), ("simclr", "target", 0)]
     for target in results.targets():
         assert 0 <= target.feature_quality["backbone"]["linear_probe"] <= 1
-        assert target.width == 8 and target.epochs == 2 and target.audit_split is not None
-    assert results.correlation["backbone"]["lpla"]["linear_probe"]["n"] == 2
-    assert results.timings["total"] > 0 and "train/simclr/target" in results.timings["stages"]
+        assert target.epochs in (1, 2) and target.audit_split is not None
+    assert [(e.width, e.defense) for e in results.targets()][-2:] == [(4, None), (8, "epochs:1")]
+    assert results.timings["total"] > 0 and "train" in results.timings["stages"]
     assert ExperimentConfig.from_dict(json.loads((quick_run / "config.json").read_text())) == ExperimentConfig.quick()
+
+
+def test_reference_ladder_and_defense_tables(quick_run):
+    results = load_results(str(quick_run))
+    # Reference-calibrated attacks at K = 1 and K = 4, for every statistic, with 3 references each.
+    refs = results.select(study="references", framework="simclr", output="head", seed=0)
+    assert {(r.attack, r.params["statistic"], r.params["online"], r.k) for r in refs} == {
+        (a, s, o, k) for a, o in (("lira", True), ("lira", False), ("rmia", True)) for s in ("lpla", "encodermi")
+        for k in (1, 4)}
+    assert all(r.metrics for r in refs if r.k == 4)
+    assert all("K >= 2" in r.skipped for r in refs if r.params["statistic"] == "encodermi" and r.k == 1)
+    # The ladder: width 4 and the headline's width 8, held-out halves at the audit level.
+    ladder = results.select(study="ladder", framework="simclr", attack="lpla", k=4, output="head")
+    assert {r.width for r in ladder} == {4, 8} and all(r.evaluated == "audit_halves" for r in ladder)
+    # Defenses: undefended, two release-time ones (on the headline targets), one training-time.
+    defended = {r.defense for r in results.select(study="defense", attack="lpla", k=4, output="head")}
+    assert defended == {None, "l2-normalize", "noise:0.5", "epochs:1"}
+    normalized = results.select(study="defense", defense="l2-normalize", attack="norm", k=4, output="head")
+    assert all(abs(r.auc - 0.5) < 0.25 for r in normalized)  # every norm is 1 (up to rounding): chance
+    target = results.targets()[0]
+    assert set(target.defended_quality) == {"l2-normalize", "noise:0.5"}
 
 
 def test_report_has_the_tables_and_definitions(quick_run):
@@ -82,11 +108,11 @@ def test_rerun_reuses_finished_encoders(quick_run, tmp_path):
     shutil.copytree(quick_run / "encoders", tmp_path / "encoders")
     config = ExperimentConfig.quick(frameworks=("simclr",), outputs=("backbone",), save_embeddings=True,
                                     study=StudyConfig(attacks=("lpla",), k=2, ks=(2,), ps=(2.0,), levels=("shadow",),
-                                                      sweep_attacks=("lpla",), n_bootstrap=0))
+                                                      sweep_attacks=("lpla",), n_bootstrap=0, reference_ks=(2,)))
     results = run_experiment(config, str(tmp_path), progress=False)
     assert all(e.reused for e in results.encoders)
     assert results.records[0].metrics["ci"] is None
-    members = np.load(tmp_path / "embeddings" / "simclr" / "target-target_members-backbone.npy")
+    members = np.load(tmp_path / "embeddings" / "simclr-small_cnn-8" / "seed0-target_members-backbone.npy")
     assert members.shape == (40, 2, 32)
 
 
@@ -242,8 +268,8 @@ def test_attack_missing_inputs_are_named(embedding_files, tmp_path, capsys):
 
 def test_attack_on_an_encoder_checkpoint(quick_run, tmp_path):
     out = tmp_path / "from-encoder"
-    args = ["attack", "--encoder", str(quick_run / "encoders" / "simclr" / "target"), "--shadow-encoder",
-            str(quick_run / "encoders" / "simclr" / "shadow"), "--splits", str(quick_run / "splits.json"),
+    args = ["attack", "--encoder", str(quick_run / "encoders" / "simclr-small_cnn-8" / "seed0"), "--shadow-encoder",
+            str(quick_run / "encoders" / "simclr-small_cnn-8" / "shadow"), "--splits", str(quick_run / "splits.json"),
             "--k", "4", "--ks", "4", "--ps", "2", "--attacks", "lpla", "norm", "--bootstrap", "0",
             "--out", str(out), "--no-progress"]
     assert main(args) == 0
@@ -251,5 +277,5 @@ def test_attack_on_an_encoder_checkpoint(quick_run, tmp_path):
     experiment = load_results(str(quick_run))
     # Same encoders, same splits, same view seeds: the experiment's LpLA numbers again.
     def lpla_auc(results):
-        return results.select(study="main", attack="lpla", output="backbone")[0].auc
+        return results.select(study="main", attack="lpla", output="backbone", seed=0)[0].auc
     assert lpla_auc(attacked) == pytest.approx(lpla_auc(experiment))

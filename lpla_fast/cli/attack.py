@@ -78,7 +78,8 @@ def build_study(args):
     overrides = {name: getattr(args, arg) for name, arg in (("attacks", "attacks"), ("level", "level"), ("k", "k"),
                                                             ("ks", "ks"), ("ps", "ps"), ("n_bootstrap", "bootstrap"))
                  if getattr(args, arg) is not None}
-    return replace(StudyConfig(seed=args.seed), **overrides)
+    # No reference encoders here: the reference attacks' budgets must not raise the K queried.
+    return replace(StudyConfig(seed=args.seed, reference_ks=()), **overrides)
 
 
 def _views_from_files(args):

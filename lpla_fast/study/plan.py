@@ -7,22 +7,35 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import List, Optional
 
-from ..attacks import attack_class
+from ..attacks import REFERENCE_LEVEL, attack_class
 from .knowledge import ViewSet
-from .settings import StudyConfig
+from .settings import REFERENCE_ATTACK_SPECS, StudyConfig
 
-STUDIES = ("main", "p", "k", "knowledge")
+# The tables of a study. "main" (global attacks, shadow level), "references" (reference-
+# calibrated attacks), the "p", "k" and "knowledge" sweeps, the "ladder" (architecture axis) and
+# "defense" (privacy-utility) tables. Jobs of the last three are evaluated on the audit level's
+# held-out halves, so that every level and every configuration is compared on the same samples.
+STUDIES = ("main", "references", "p", "k", "knowledge", "ladder", "defense")
+HELD_OUT_STUDIES = ("knowledge", "ladder", "defense")
 
 
 @dataclass(frozen=True)
 class Job:
-    """One attack fit: `study` is the table it belongs to (one of STUDIES)."""
+    """One attack fit: `study` is the table it belongs to (one of STUDIES). A reference-
+    calibrated attack (level "reference-encoders") also names its per-sample `statistic` and
+    whether it is `online`."""
 
     study: str
     attack: str
     level: str
     k: int
     p: Optional[float] = None
+    statistic: Optional[str] = None
+    online: Optional[bool] = None
+
+    @property
+    def held_out(self) -> bool:
+        return self.study in HELD_OUT_STUDIES
 
 
 def plan_jobs(study: StudyConfig, max_k: int) -> List[Job]:
@@ -35,9 +48,36 @@ def plan_jobs(study: StudyConfig, max_k: int) -> List[Job]:
     return jobs
 
 
-def skip_reason(name: str, level: str, k: int, views: ViewSet) -> Optional[str]:
+def reference_jobs(study: StudyConfig, table: str, max_k: int) -> List[Job]:
+    """The reference-calibrated attacks of one table: every attack x statistic x budget."""
+    jobs = []
+    for name in study.reference_attacks:
+        attack, online = REFERENCE_ATTACK_SPECS[name]
+        for statistic in study.reference_statistics:
+            jobs += [Job(table, attack, REFERENCE_LEVEL, k, statistic=statistic, online=online)
+                     for k in sorted(set(study.reference_ks)) if k <= max_k]
+    return jobs
+
+
+def held_out_jobs(study: StudyConfig, table: str, max_k: int) -> List[Job]:
+    """A "ladder" or "defense" table: the sweep attacks at the audit level (no shadow encoder
+    needed), at the default budget and at K = 1."""
+    ks = sorted({min(study.k, max_k), 1})
+    return [Job(table, a, "audit", k) for a in study.sweep_attacks for k in ks]
+
+def skip_reason(name: str, level: str, k: int, views: ViewSet, statistic: Optional[str] = None,
+                references: int = 0) -> Optional[str]:
     """Why attack `name` cannot run at (level, k) on these views, or None."""
     cls = attack_class(name)
+    if level == REFERENCE_LEVEL:
+        from ..attacks.statistics import STATISTICS
+
+        need = STATISTICS[statistic].min_views
+        if k < need:
+            return f"statistic {statistic!r} needs K >= {need}"
+        if references < 2:
+            return f"needs >= 2 reference encoders, the target has {references}"
+        return None
     if k < cls.min_views:
         return f"needs K >= {cls.min_views}"
     if level not in cls.levels:

@@ -122,6 +122,8 @@ class EncoderRecord:
     audit_split: the AuditSplit indices of the audit level (targets only).
     defense: the training-time defense it was trained under (None: the plain recipe).
     members: how many samples it was trained on.
+    defended_quality: {release defense: {output: feature quality of the defended release}}
+        (targets of the defense table only).
     """
 
     framework: str
@@ -140,6 +142,7 @@ class EncoderRecord:
     audit_split: Optional[dict] = None
     defense: Optional[str] = None
     members: int = 0
+    defended_quality: Dict[str, Dict[str, dict]] = field(default_factory=dict)
 
     @property
     def architecture(self) -> str:

@@ -7,15 +7,19 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Dict, Optional, Tuple
 
-from ..attacks import ATTACKS
+from ..attacks import ATTACKS, STATISTICS
 from ..attacks.base import LEVELS
 from ..encoders.base import OUTPUTS
 from ..encoders.config import FRAMEWORKS
 from ..fileio import decode_float, encode_float
 from ..splits import SplitSizes
 
-# The offset of each role's (splits.ROLES) training seed from the study's seed.
-ROLE_SEEDS = {"target": 0, "shadow": 1}
+# Training seeds: pool model m (target or reference encoder) trains with seed + m, a
+# configuration's shadow with seed + SHADOW_SEED_OFFSET.
+SHADOW_SEED_OFFSET = 1000
+# Reference-calibrated attacks of the study: name -> (attack, online).
+REFERENCE_ATTACK_SPECS = {"lira": ("lira", True), "lira-offline": ("lira", False),
+                          "rmia": ("rmia", True), "rmia-offline": ("rmia", False)}
 
 
 @dataclass
@@ -32,6 +36,9 @@ class StudyConfig:
     n_bootstrap: bootstrap replicates of each 95% confidence interval.
     attack_params: extra constructor parameters per attack name, e.g. {"knn": {"k": 5}}.
     seed: seed of the audit halves and of the bootstrap.
+    reference_attacks: the reference-calibrated attacks (keys of REFERENCE_ATTACK_SPECS), run
+        when a target has reference encoders; reference_statistics: the per-sample statistics
+        they calibrate; reference_ks: their query budgets.
     """
 
     attacks: Tuple[str, ...] = ATTACKS
@@ -44,9 +51,20 @@ class StudyConfig:
     n_bootstrap: int = 1000
     attack_params: Dict[str, dict] = field(default_factory=dict)
     seed: int = 0
+    reference_attacks: Tuple[str, ...] = ("lira", "lira-offline", "rmia")
+    reference_statistics: Tuple[str, ...] = ("lpla", "encodermi", "knn", "resultant")
+    reference_ks: Tuple[int, ...] = (1, 8)
 
     def __post_init__(self):
         self.attacks, self.sweep_attacks = tuple(self.attacks), tuple(self.sweep_attacks)
+        self.reference_attacks, self.reference_statistics = tuple(self.reference_attacks), tuple(self.reference_statistics)
+        self.reference_ks = tuple(int(k) for k in self.reference_ks)
+        for name in self.reference_attacks:
+            if name not in REFERENCE_ATTACK_SPECS:
+                raise ValueError(f"unknown reference attack {name!r}; choose from {', '.join(REFERENCE_ATTACK_SPECS)}")
+        for name in self.reference_statistics:
+            if name not in STATISTICS:
+                raise ValueError(f"unknown per-sample statistic {name!r}; choose from {', '.join(STATISTICS)}")
         self.ks, self.levels = tuple(int(k) for k in self.ks), tuple(self.levels)
         self.ps = tuple(decode_float(p) for p in self.ps)
         for name in self.attacks + self.sweep_attacks + tuple(self.attack_params):
@@ -64,7 +82,7 @@ class StudyConfig:
 
     @property
     def max_k(self) -> int:
-        return max((self.k,) + self.ks)
+        return max((self.k,) + self.ks + self.reference_ks)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -94,6 +112,22 @@ class ExperimentConfig:
         include_clean: view 1 of every query is the unaugmented image.
     save_embeddings: also write every split's view embeddings (N, K, D) as .npy.
     study: the attack stage.
+
+    The candidate pool is the target_members and target_nonmembers splits together. Each
+    configuration (framework x architecture x training defense) trains `models` pool encoders,
+    each on a random half of the pool (complementary pairs, as in LiRA) with its own training
+    seed: the first `seeds` are evaluated as targets (their own members and non-members), and
+    for each target the other pool encoders are its reference encoders.
+    seeds: targets per headline configuration (repeats: the across-seed intervals).
+    references: reference encoders per headline target (0: no reference-calibrated attacks);
+        the pool holds max(seeds, references + 1) encoders per configuration.
+    ladder: the architecture-complexity axis, "backbone" or "backbone-width" names (e.g.
+        "small_cnn-8"), each trained for `ladder_frameworks` with `ladder_seeds` pool encoders
+        and attacked at the audit level (no shadow encoder).
+    release_defenses / train_defenses: defenses of the privacy-utility table (see
+        `study.defenses`), applied to `defense_framework`; a training-time defense trains
+        `defense_seeds` pool encoders per defense.
+    workers: training processes (None: one per CPU core on a CPU, 1 on a GPU).
     """
 
     dataset: str = "digits"
@@ -115,9 +149,33 @@ class ExperimentConfig:
     include_clean: bool = True
     save_embeddings: bool = False
     study: StudyConfig = field(default_factory=StudyConfig)
+    seeds: int = 1
+    references: int = 0
+    ladder: Tuple[str, ...] = ()
+    ladder_frameworks: Tuple[str, ...] = ("simclr", "barlowtwins")
+    ladder_seeds: int = 1
+    release_defenses: Tuple[str, ...] = ()
+    train_defenses: Tuple[str, ...] = ()
+    defense_framework: str = "simclr"
+    defense_seeds: int = 1
+    workers: Optional[int] = None
 
     def __post_init__(self):
         self.frameworks, self.outputs = tuple(self.frameworks), tuple(self.outputs)
+        self.ladder, self.ladder_frameworks = tuple(self.ladder), tuple(self.ladder_frameworks)
+        self.release_defenses, self.train_defenses = tuple(self.release_defenses), tuple(self.train_defenses)
+        for name in ("seeds", "ladder_seeds", "defense_seeds"):
+            if int(getattr(self, name)) != getattr(self, name) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
+        if int(self.references) != self.references or self.references < 0 or self.references == 1:
+            raise ValueError(f"references must be 0 (none) or an integer >= 2, got {self.references!r}")
+        if self.workers is not None and self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
+        for name in self.ladder_frameworks + (self.defense_framework,):
+            if name not in FRAMEWORKS:
+                raise ValueError(f"unknown framework {name!r}; choose from {', '.join(FRAMEWORKS)}")
+        for arch in self.ladder:
+            parse_architecture(arch)
         if not self.frameworks:
             raise ValueError("frameworks is empty; name at least one of " + ", ".join(FRAMEWORKS))
         for name in self.frameworks + ((self.shadow_framework,) if self.shadow_framework else ()):
@@ -130,18 +188,36 @@ class ExperimentConfig:
         if self.epochs is not None and self.epochs < 0:
             raise ValueError(f"epochs must be >= 0, got {self.epochs}")
 
+    @property
+    def pool_models(self) -> int:
+        """Pool encoders per headline configuration: the targets and their references."""
+        return max(self.seeds, self.references + 1 if self.references else 1)
+
     @classmethod
     def quick(cls, **overrides) -> "ExperimentConfig":
         """A run of about a minute on a CPU, for tests and trying things out: two frameworks,
-        tiny encoders trained for two epochs, a few dozen samples per split, K up to 4."""
+        tiny encoders trained for two epochs, a few dozen samples per split, K up to 4, and a
+        little of every axis (two seeds with two references, a two-point ladder, defenses)."""
         base = dict(
             frameworks=("simclr", "byol"), width=8, epochs=2, batch_size=32,
             sizes=SplitSizes(target_members=40, target_nonmembers=40, shadow_members=40,
                              shadow_nonmembers=40, reference=40, probe_train=60, probe_test=60),
-            study=StudyConfig(k=4, ks=(1, 2, 4), n_bootstrap=100, attack_params={"knn": {"k": 5}}),
+            study=StudyConfig(k=4, ks=(1, 2, 4), n_bootstrap=100, attack_params={"knn": {"k": 5}},
+                              reference_ks=(1, 4), reference_statistics=("lpla", "encodermi")),
+            seeds=2, references=3, ladder=("small_cnn-4",), ladder_frameworks=("simclr",),
+            release_defenses=("l2-normalize", "noise:0.5"), train_defenses=("epochs:1",), workers=1,
         )
         base.update(overrides)
         return cls(**base)
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "ExperimentConfig":
+        """A named study: "quick", "default", "full" or "paper" (see PRESETS)."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+        if name == "quick":
+            return cls.quick(**overrides)
+        return cls(**{**PRESETS[name], **overrides})
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -157,18 +233,55 @@ class ExperimentConfig:
             d["study"] = StudyConfig.from_dict(d["study"])
         return cls(**d)
 
-    def train_config(self, framework: str, role: str, image_size: int):
-        """The TrainConfig of one encoder (role "target" or "shadow")."""
+    def train_config(self, framework: str, image_size: int, seed: int, backbone: Optional[str] = None,
+                     width: Optional[int] = None, **changes):
+        """The TrainConfig of one encoder: this study's recipe for `framework` on `backbone` at
+        `width` (defaults: the study's), trained with `seed`; `changes` override fields."""
         from ..augment import policy_for_dataset
         from ..encoders import TrainConfig
 
         overrides = {name: getattr(self, name) for name in ("width", "epochs", "batch_size", "lr")
                      if getattr(self, name) is not None}
-        if role == "shadow" and self.shadow_framework:
-            framework = self.shadow_framework
-        return TrainConfig(framework=framework, backbone=self.backbone, image_size=int(image_size),
-                           seed=self.seed + ROLE_SEEDS[role], device=self.device, amp=self.amp,
-                           dataset=self.dataset, augmentation=policy_for_dataset(self.dataset), **overrides)
+        if width is not None:
+            overrides["width"] = width
+        overrides.update(changes)
+        return TrainConfig(framework=framework, backbone=backbone or self.backbone, image_size=int(image_size),
+                           seed=int(seed), device=self.device, amp=self.amp, dataset=self.dataset,
+                           augmentation=policy_for_dataset(self.dataset), **overrides)
+
+
+def parse_architecture(name: str) -> Tuple[str, Optional[int]]:
+    """"small_cnn-16" -> ("small_cnn", 16); "resnet18" -> ("resnet18", None)."""
+    from ..encoders.backbones import BACKBONES
+
+    backbone, _, width = str(name).partition("-")
+    if backbone not in BACKBONES or (width and not width.isdigit()):
+        raise ValueError(f"architecture {name!r} must be a backbone ({', '.join(BACKBONES)}) or "
+                         f"backbone-width, e.g. small_cnn-16")
+    return backbone, (int(width) if width else None)
+
+
+# The studies `lpla experiment --preset` names. Times are wall-clock on a 2-core CPU (measured:
+# README); "paper" is the GPU run of the paper's setting (CIFAR-10, ResNet-18), not run here.
+PRESETS: Dict[str, dict] = {
+    "quick": {},
+    "default": dict(seeds=4, references=3, ladder=("small_cnn-8", "small_cnn-16"),
+                    release_defenses=("l2-normalize", "noise:0.1", "noise:0.3", "quantize:4", "truncate:32"),
+                    train_defenses=("epochs:100", "weight-decay:0.001")),
+    "full": dict(seeds=8, references=7, ladder=("small_cnn-8", "small_cnn-16", "small_cnn-64", "deep_cnn-32",
+                                                 "resnet18", "vit_small"),
+                 ladder_seeds=2, defense_seeds=2,
+                 release_defenses=("l2-normalize", "noise:0.05", "noise:0.1", "noise:0.3", "quantize:2",
+                                   "quantize:4", "truncate:16", "truncate:32"),
+                 train_defenses=("epochs:50", "epochs:100", "epochs:200", "weight-decay:0.0001",
+                                 "weight-decay:0.001", "members:2", "dp-sgd:8")),
+    "paper": dict(dataset="cifar10", backbone="resnet18", device="cuda", amp=True, epochs=200, batch_size=256,
+                  sizes=SplitSizes(target_members=5000, target_nonmembers=5000, shadow_members=5000,
+                                   shadow_nonmembers=5000, reference=5000, probe_train=10000, probe_test=5000),
+                  seeds=4, references=7, ladder=("resnet18-32", "resnet50", "vit_small"),
+                  release_defenses=("l2-normalize", "noise:0.1", "quantize:4"),
+                  train_defenses=("epochs:50", "weight-decay:0.0005")),
+}
 
 
 def known_fields(cls, d: dict) -> dict:
