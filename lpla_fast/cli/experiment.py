@@ -19,8 +19,10 @@ def add_parser(subparsers) -> None:
         ),
     )
     parser.add_argument("--out", default="runs/experiment", help="run folder (default: runs/experiment)")
-    parser.add_argument("--quick", action="store_true",
-                        help="a run of about a minute: 2 frameworks, tiny encoders, few samples, K up to 4")
+    parser.add_argument("--preset", choices=("quick", "default", "full", "paper"), default="default",
+                        help="the study to run: quick (a minute, tiny encoders), default (about 15 minutes on "
+                             "2 CPU cores), full (CPU, hours), paper (CIFAR-10, ResNet-18, a GPU)")
+    parser.add_argument("--quick", action="store_true", help="the same as --preset quick")
     parser.add_argument("--frameworks", nargs="+", choices=FRAMEWORKS, metavar="NAME",
                         help="target frameworks (default: all of %(choices)s)")
     parser.add_argument("--shadow-framework", choices=FRAMEWORKS, metavar="NAME",
@@ -36,7 +38,18 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--amp", action="store_true", help="bf16 autocast when training on CUDA")
     parser.add_argument("--device", help="auto (default), cpu, cuda or cuda:i")
     parser.add_argument("--seed", type=int, help="seed of splits, training and queries (default 0)")
-    parser.add_argument("--members", type=int, help="members per target and shadow encoder (default 200)")
+    parser.add_argument("--members", type=int, help="members per target and shadow encoder (default preset: 128)")
+    parser.add_argument("--seeds", type=int, help="targets per configuration, each with its own members and "
+                                                   "training randomness (default preset: 4)")
+    parser.add_argument("--references", type=int,
+                        help="reference encoders per target for LiRA / RMIA, 0 for none (default preset: 3)")
+    parser.add_argument("--ladder", nargs="*", metavar="ARCH",
+                        help="architecture ladder, e.g. small_cnn-8 small_cnn-16 resnet18 (none: no ladder)")
+    parser.add_argument("--release-defenses", nargs="*", metavar="DEFENSE",
+                        help="release-time defenses, e.g. l2-normalize noise:0.1 quantize:4 truncate:32")
+    parser.add_argument("--train-defenses", nargs="*", metavar="DEFENSE",
+                        help="training-time defenses, e.g. epochs:100 weight-decay:0.001 members:2 dp-sgd:8")
+    parser.add_argument("--workers", type=int, help="training processes (default: one per CPU core on a CPU)")
     parser.add_argument("--outputs", nargs="+", choices=OUTPUTS, metavar="OUTPUT",
                         help="representations attacked, of %(choices)s (default: both)")
     parser.add_argument("--attacks", nargs="+", metavar="NAME",
@@ -56,10 +69,11 @@ def build_config(args):
 
     from ..study import ExperimentConfig
 
-    config = ExperimentConfig.quick() if args.quick else ExperimentConfig()
+    config = ExperimentConfig.preset("quick" if args.quick else args.preset)
     overrides = {name: getattr(args, name) for name in (
         "frameworks", "shadow_framework", "dataset", "data_root", "image_size", "backbone", "width", "epochs",
-        "batch_size", "lr", "device", "seed", "outputs") if getattr(args, name) is not None}
+        "batch_size", "lr", "device", "seed", "outputs", "seeds", "references", "ladder", "release_defenses",
+        "train_defenses", "workers") if getattr(args, name) is not None}
     if args.amp:
         overrides["amp"] = True
     if args.save_embeddings:
@@ -88,7 +102,7 @@ def run(args) -> int:
 
 
 def _print_summary(results, out: str) -> None:
-    for r in results.select(study="main", attack="lpla"):
+    for r in results.select(study="main", attack="lpla", seed=0):
         if not r.metrics:
             continue
         q = results.target_of(r).feature_quality
