@@ -40,7 +40,8 @@ def test_quick_experiment_writes_every_output(quick_run):
 def test_results_hold_every_study_with_intervals(quick_run):
     results = load_results(str(quick_run))
     assert results.version == RESULTS_VERSION and results.experiment == ExperimentConfig.quick()
-    assert {r.study for r in results.records} == {"main", "references", "p", "k", "knowledge", "ladder", "defense"}
+    assert {r.study for r in results.records} == {"main", "references", "p", "k", "knowledge", "characteristic",
+                                                     "ladder", "defense"}
     main_records = results.select(study="main")
     # 2 frameworks x 2 seeds x 2 outputs x 6 attacks, every one scored.
     assert len(main_records) == 48 and all(r.metrics for r in main_records)
@@ -77,6 +78,11 @@ def test_reference_ladder_and_defense_tables(quick_run):
         for k in (1, 4)}
     assert all(r.metrics for r in refs if r.k == 4)
     assert all("K >= 2" in r.skipped for r in refs if r.params["statistic"] == "encodermi" and r.k == 1)
+    # LpLA's characteristics at K = 1 and K = 4; those that compare views need K >= 2.
+    chars = results.select(study="characteristic", framework="byol", output="backbone", seed=1)
+    assert {(r.params["characteristic"], r.k, r.skipped is None) for r in chars} == {
+        ("view", 1, True), ("view", 4, True), ("mean_spread", 1, False), ("mean_spread", 4, True),
+        ("resultant", 1, False), ("resultant", 4, True), ("multi_p", 1, True), ("multi_p", 4, True)}
     # The ladder: width 4 and the headline's width 8, held-out halves at the audit level.
     ladder = results.select(study="ladder", framework="simclr", attack="lpla", k=4, output="head")
     assert {r.width for r in ladder} == {4, 8} and all(r.evaluated == "audit_halves" for r in ladder)

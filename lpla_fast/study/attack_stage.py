@@ -88,10 +88,13 @@ def run_job(study: StudyConfig, job: Job, views: ViewSet, audit: Optional[AuditS
     record's framework, output, seed, backbone, width, defense."""
     n_refs = 0 if references is None else len(references.reference_views)
     record = AttackRecord(study=job.study, attack=job.attack, level=job.level, k=int(job.k),
-                          skipped=skip_reason(job.attack, job.level, job.k, views, job.statistic, n_refs),
+                          skipped=skip_reason(job.attack, job.level, job.k, views, job.statistic, n_refs,
+                                              job.characteristic),
                           evaluated="audit_halves" if job.held_out else "all", **target)
     if job.statistic is not None:  # named even when skipped: the report's rows need them
         record.params = {"statistic": job.statistic, "online": job.online}
+    if job.characteristic is not None:
+        record.params = {"characteristic": job.characteristic}
     if record.skipped:
         return record, None
     eval_m = audit.eval_members if job.held_out else np.arange(len(views.members))
@@ -109,7 +112,7 @@ def run_job(study: StudyConfig, job: Job, views: ViewSet, audit: Optional[AuditS
         member_pos, nonmember_pos = np.flatnonzero(references.target_mask), np.flatnonzero(~references.target_mask)
         member_scores, nonmember_scores = scores[member_pos][eval_m], scores[nonmember_pos][eval_n]
     else:
-        attack = make_attack(job.attack, **attack_params(study, job.attack, views, job.p))
+        attack = make_attack(job.attack, **attack_params(study, job.attack, views, job.p, job.characteristic))
         attack.fit(make_knowledge(views.sliced(job.k), job.level, audit))
         member_scores = attack.score(views.members[eval_m, :job.k])
         nonmember_scores = attack.score(views.nonmembers[eval_n, :job.k])

@@ -15,7 +15,7 @@ from .settings import REFERENCE_ATTACK_SPECS, StudyConfig
 # calibrated attacks), the "p", "k" and "knowledge" sweeps, the "ladder" (architecture axis) and
 # "defense" (privacy-utility) tables. Jobs of the last three are evaluated on the audit level's
 # held-out halves, so that every level and every configuration is compared on the same samples.
-STUDIES = ("main", "references", "p", "k", "knowledge", "ladder", "defense")
+STUDIES = ("main", "references", "p", "k", "knowledge", "characteristic", "ladder", "defense")
 HELD_OUT_STUDIES = ("knowledge", "ladder", "defense")
 
 
@@ -23,7 +23,7 @@ HELD_OUT_STUDIES = ("knowledge", "ladder", "defense")
 class Job:
     """One attack fit: `study` is the table it belongs to (one of STUDIES). A reference-
     calibrated attack (level "reference-encoders") also names its per-sample `statistic` and
-    whether it is `online`."""
+    whether it is `online`; an LpLA job of the "characteristic" ablation its `characteristic`."""
 
     study: str
     attack: str
@@ -32,6 +32,7 @@ class Job:
     p: Optional[float] = None
     statistic: Optional[str] = None
     online: Optional[bool] = None
+    characteristic: Optional[str] = None
 
     @property
     def held_out(self) -> bool:
@@ -45,6 +46,9 @@ def plan_jobs(study: StudyConfig, max_k: int) -> List[Job]:
     jobs += [Job("p", a, study.level, k, p) for a in study.sweep_attacks if attack_class(a).takes_p for p in study.ps]
     jobs += [Job("k", a, study.level, kk) for a in study.sweep_attacks for kk in study.ks if kk <= max_k]
     jobs += [Job("knowledge", a, lvl, k) for a in study.sweep_attacks for lvl in study.levels]
+    # Which "distribution characteristic" of the view norms carries membership (LpLA's ablation).
+    jobs += [Job("characteristic", "lpla", study.level, kk, characteristic=c)
+             for c in study.characteristics for kk in sorted({1, k})]
     return jobs
 
 
@@ -66,9 +70,13 @@ def held_out_jobs(study: StudyConfig, table: str, max_k: int) -> List[Job]:
     return [Job(table, a, "audit", k) for a in study.sweep_attacks for k in ks]
 
 def skip_reason(name: str, level: str, k: int, views: ViewSet, statistic: Optional[str] = None,
-                references: int = 0) -> Optional[str]:
+                references: int = 0, characteristic: Optional[str] = None) -> Optional[str]:
     """Why attack `name` cannot run at (level, k) on these views, or None."""
     cls = attack_class(name)
+    if characteristic is not None:
+        need = cls(characteristic=characteristic).min_views
+        if k < need:
+            return f"characteristic {characteristic!r} needs K >= {need}"
     if level == REFERENCE_LEVEL:
         from ..attacks.statistics import STATISTICS
 
@@ -91,9 +99,12 @@ def skip_reason(name: str, level: str, k: int, views: ViewSet, statistic: Option
     return None
 
 
-def attack_params(study: StudyConfig, name: str, views: ViewSet, p: Optional[float] = None) -> dict:
+def attack_params(study: StudyConfig, name: str, views: ViewSet, p: Optional[float] = None,
+                  characteristic: Optional[str] = None) -> dict:
     """The constructor parameters of attack `name` at one job (p for the p sweep)."""
     params = dict(study.attack_params.get(name, {}))
+    if characteristic is not None:
+        params["characteristic"] = characteristic
     if attack_class(name).takes_p:
         if p is not None:
             params["p"] = p

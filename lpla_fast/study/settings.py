@@ -7,7 +7,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Dict, Optional, Tuple
 
-from ..attacks import ATTACKS, STATISTICS
+from ..attacks import ATTACKS, CHARACTERISTICS, STATISTICS
 from ..attacks.base import LEVELS
 from ..encoders.base import OUTPUTS
 from ..encoders.config import FRAMEWORKS
@@ -39,6 +39,8 @@ class StudyConfig:
     reference_attacks: the reference-calibrated attacks (keys of REFERENCE_ATTACK_SPECS), run
         when a target has reference encoders; reference_statistics: the per-sample statistics
         they calibrate; reference_ks: their query budgets.
+    characteristics: LpLA's "distribution characteristics" compared in the characteristic
+        ablation (at K = 1 and the default K).
     """
 
     attacks: Tuple[str, ...] = ATTACKS
@@ -54,11 +56,16 @@ class StudyConfig:
     reference_attacks: Tuple[str, ...] = ("lira", "lira-offline", "rmia")
     reference_statistics: Tuple[str, ...] = ("lpla", "encodermi", "knn", "resultant")
     reference_ks: Tuple[int, ...] = (1, 8)
+    characteristics: Tuple[str, ...] = CHARACTERISTICS
 
     def __post_init__(self):
         self.attacks, self.sweep_attacks = tuple(self.attacks), tuple(self.sweep_attacks)
         self.reference_attacks, self.reference_statistics = tuple(self.reference_attacks), tuple(self.reference_statistics)
         self.reference_ks = tuple(int(k) for k in self.reference_ks)
+        self.characteristics = tuple(self.characteristics)
+        for name in self.characteristics:
+            if name not in CHARACTERISTICS:
+                raise ValueError(f"unknown LpLA characteristic {name!r}; choose from {', '.join(CHARACTERISTICS)}")
         for name in self.reference_attacks:
             if name not in REFERENCE_ATTACK_SPECS:
                 raise ValueError(f"unknown reference attack {name!r}; choose from {', '.join(REFERENCE_ATTACK_SPECS)}")
