@@ -303,3 +303,20 @@ def test_first_views_cuts_every_array_to_the_query_budget():
     cut = knowledge.first_views(2)
     assert cut.shadow_members.shape[1] == 2 and cut.target_reference.shape[1] == 2
     assert cut.target_training is None and cut.level == "shadow"
+
+
+@pytest.mark.parametrize("characteristic", ["mean_spread", "resultant", "multi_p"])
+def test_a_saved_calibration_of_any_characteristic_scores_like_the_attack(tmp_path, characteristic):
+    from lpla_fast.calibration import LpLACalibration
+
+    g = torch.Generator().manual_seed(3)
+    views = lambda n, scale: torch.randn(n, 4, 12, generator=g) * scale  # noqa: E731
+    knowledge = AttackerKnowledge(level="shadow", shadow_members=views(60, 1.2), shadow_nonmembers=views(60, 1.0),
+                                  shadow_reference=views(50, 1.0), target_reference=views(50, 2.0))
+    attack = LpLA(characteristic=characteristic).fit(knowledge)
+    attack.calibration_.save(tmp_path / "c.json")
+    loaded = LpLACalibration.load(tmp_path / "c.json")
+    target = views(30, 2.0)
+    norms, scores = loaded.score(target)
+    assert norms.shape == (30, 4) and loaded.characteristic == characteristic
+    np.testing.assert_allclose(scores.double().numpy(), attack.score(target), rtol=1e-5, atol=1e-6)

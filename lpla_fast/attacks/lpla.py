@@ -107,9 +107,9 @@ class LpLA(Attack):
         max_kde_points: KDE support size (a seeded subsample beyond it).
         seed: seed of that subsample.
 
-    Fitted: calibration_ (LpLACalibration for characteristic="view" and
-    density="gaussian", else None), gaussians_ (the in / out means and covariances of the
-    other characteristics), mode_, dim_, threshold_, reference_moments_, kde_in_ /
+    Fitted: calibration_ (the LpLACalibration `lpla score` applies, for every characteristic
+    with density="gaussian"; None with KDE), gaussians_ (the in / out means and covariances
+    of the vector characteristics), mode_, dim_, threshold_, reference_moments_, kde_in_ /
     kde_out_ (KDE support points, standardized units).
     """
 
@@ -234,6 +234,14 @@ class LpLA(Attack):
         else:
             mean_in, cov_in = gaussian.fit(t_in, self.min_std)
         self.gaussians_ = {"mean_in": mean_in, "cov_in": cov_in, "mean_out": mean_out, "cov_out": cov_out}
+        center, scale = self.reference_moments_
+        self.calibration_ = LpLACalibration(
+            p=self.p, log_space=self.statistic == "log", mean_in=0.0, std_in=1.0, mean_out=0.0, std_out=1.0,
+            dim=self.dim_, characteristic=self.characteristic,
+            gaussians={k: gaussian.to_list(v) for k, v in self.gaussians_.items()},
+            ref_center=tuple(float(x) for x in center), ref_scale=tuple(float(x) for x in scale),
+            meta={"attack": self.name, "knowledge": self.mode_, "standardized": self.standardize},
+        )
 
     def _fit_threshold(self, t_in, t_out) -> None:
         out_scores = self._score_standardized(t_out)
@@ -248,7 +256,7 @@ class LpLA(Attack):
     # --- scoring ------------------------------------------------------------------
     def _score_standardized(self, t: np.ndarray) -> np.ndarray:
         """Scores from standardized statistics t (N, K), in numpy (fit-time and KDE path)."""
-        if self.gaussians_ is not None:
+        if self.gaussians_ is not None and self.characteristic != "view":
             g = self.gaussians_
             return gaussian.log_ratio(t, g["mean_in"], g["cov_in"], g["mean_out"], g["cov_out"])
         values = t if self.aggregation == "sum" else t.mean(axis=1, keepdims=True)
