@@ -3,6 +3,7 @@ correlations, report.md, report.html, the plots and the exports (Parquet scores,
 
 import math
 import re
+import zlib
 
 import numpy as np
 import pandas as pd
@@ -35,8 +36,8 @@ def _leak(strength, quality):
 
 def _record(framework, output, study, attack, k, strength, seed, n=60, level="shadow", params=None, p=None,
             backbone=MAIN[0], width=MAIN[1], defense=None):
-    rng = np.random.default_rng(abs(hash((framework, output, study, attack, k, seed, str(params), p,
-                                          backbone, width, defense))) % 2 ** 32)
+    rng = np.random.default_rng(zlib.crc32(repr((framework, output, study, attack, k, seed, params, p, backbone,
+                                                 width, defense)).encode()))
     is_member = np.r_[np.ones(n, bool), np.zeros(n, bool)]
     score = rng.normal(size=2 * n) + strength * is_member
     sample = rng.permutation(1000)[: 2 * n]
@@ -90,7 +91,7 @@ def make_results():
                         params = {"statistic": "lpla", "online": True} if a == "lira" else {}
                         records.append(_record(fw, output, "defense", a, 8, s, seed, params=params, defense=defense,
                                                level="reference-encoders" if a == "lira" else "shadow"))
-    config = {"study": StudyConfig(k=8, ks=(1, 8)).to_dict()}
+    config = {"study": StudyConfig(k=8, ks=(1, 8), n_bootstrap=200).to_dict()}
     return Results(command="experiment", config=config, encoders=encoders, records=records,
                    dataset={"name": "digits", "num_samples": 1797, "image_shape": [1, 16, 16], "num_classes": 10},
                    splits={"target_members": 60, "target_nonmembers": 60},
@@ -188,3 +189,108 @@ def test_correlation_runs_over_every_encoder_and_seed(results):
     assert legacy["head"]["encodermi-t"]["linear_probe"]["rho"] == full["linear_probe/auc"]["rho"]
     # The reference attacks (no ladder) have one point per framework and seed.
     assert legacy["head"]["lira-online/lpla"]["linear_probe"]["n"] == len(FRAMEWORKS) * len(SEEDS)
+
+
+# --- report.md, report.html, plots and exports -------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def written(results, tmp_path_factory):
+    from lpla_fast.study.report import write_all
+
+    out = tmp_path_factory.mktemp("outputs")
+    return out, write_all(results, str(out))
+
+
+def test_write_all_lists_what_it_wrote(written):
+    out, files = written
+    assert files["report"] == ["report.md", "report.html"]
+    assert set(files["plots"]) == {"roc-simclr.png", "roc-byol.png", "leakage_vs_quality.png", "privacy_utility.png",
+                                   "auc_vs_k.png", "auc_vs_p.png"}
+    for name in files["plots"]:
+        assert (out / "plots" / name).stat().st_size > 1000, name
+    for name in files["report"] + files["exports"]:
+        assert (out / name).is_file(), name
+    assert not list(out.rglob(".tmp-*"))
+
+
+def test_report_puts_reference_attacks_beside_global_ones_at_both_budgets(written, results):
+    text = (written[0] / "report.md").read_text()
+    for heading in ("## What this run shows", "## Feature quality and leakage", "### Architecture ladder",
+                    "### Correlation of feature quality with leakage", "## Attacks (K=8", "## Attacks at K=1",
+                    "### Norm order p", "### Query budget K", "### Knowledge level", "## Defenses",
+                    "## Definitions", "## Timings", "## Figures"):
+        assert heading in text, heading
+    headline = text[text.index("## Attacks (K=8"):text.index("## Attacks at K=1")]
+    assert "| simclr | LiRA-online (lpla) | 3 |" in headline and "| byol | RMIA-offline (encodermi) | 3 |" in headline
+    assert "TPR@1% FPR | TPR@0.1% FPR" in headline
+    assert "hierarchical bootstrap over seeds, then members and non-members" in headline
+    # A cell is the mean over seeds with its interval.
+    group = results.select(study="main", framework="simclr", output="head", attack="encodermi-t")
+    mean = np.mean([r.auc for r in group])
+    row = next(line for line in headline[headline.index("### Output: head"):].splitlines()
+               if line.startswith("| simclr | EncoderMI-T |"))
+    assert re.search(rf"\| {mean:.3f} \[0\.\d{{3}}, 0\.\d{{3}}\] \|", row), row
+    k1 = text[text.index("## Attacks at K=1"):]
+    assert "n/a (needs K >= 2)" in k1 and "LiRA-online (lpla)" in k1
+
+
+def test_report_findings_are_computed_from_the_numbers(written):
+    text = (written[0] / "report.md").read_text()
+    shows = text[text.index("## What this run shows"):text.index("## Feature quality")]
+    assert "strongest LpLA-family attack" in shows and "K=1, head, simclr" in shows
+    assert "reference-calibrated attack" in shows and "ρ between linear-probe accuracy" in shows
+    defenses = text[text.index("## Defenses"):text.index("## Figures")]
+    assert "| simclr | none | 3 |" in defenses and "| byol | weight-decay:5e-4 | 3 | 0.700 |" in defenses
+    assert "| simclr | l2-normalize | 3 | — |" in defenses
+
+
+def test_html_report_is_self_contained_with_every_plot(written):
+    out, files = written
+    page = (out / "report.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and "<table>" in page and "<h2>Definitions" in page
+    assert page.count('src="data:image/png;base64,') == len(files["plots"])
+    assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}", page, re.I)
+    assert not re.search(r"<(link|script)\b", page) and 'src="plots/' not in page
+
+
+def test_scores_parquet_reads_back_with_pandas(written, results):
+    frame = pd.read_parquet(written[0] / "scores.parquet")
+    assert len(frame) == sum(len(r.samples.score) for r in results.records if r.samples is not None and r.metrics)
+    assert str(frame["framework"].dtype) == "category" and frame["is_member"].dtype == bool
+    record = results.select(study="references", attack="lira", framework="byol", output="head", k=1, seed=2)[0]
+    rows = frame[(frame.study == "references") & (frame.variant == "lira-online/lpla") & (frame.framework == "byol")
+                 & (frame.output == "head") & (frame.k == 1) & (frame.seed == 2)]
+    np.testing.assert_array_equal(rows["sample"], record.samples.sample)
+    np.testing.assert_array_equal(rows["score"], record.samples.score)
+    assert metrics.roc_auc(rows["score"], rows["is_member"]) == pytest.approx(record.auc)
+    ladder = frame[(frame.study == "ladder") & (frame.backbone == "resnet18")]
+    assert ladder["width"].isna().all() and len(ladder) > 0
+    assert set(frame["defense"].dropna()) == set(DEFENSES) and frame["p"].max() == math.inf
+
+
+def test_privacy_meter_npz_hold_each_headline_record(written, results):
+    out, files = written
+    npz = [f for f in files["exports"] if f.endswith(".npz")]
+    headline = [r for r in results.records if r.study in ("main", "references") and r.metrics]
+    assert len(npz) == len(headline) == len(set(npz))
+    from lpla_fast.study.exports import npz_name
+
+    record = results.select(study="main", framework="simclr", output="head", attack="knn", seed=1)[0]
+    assert npz_name(record) == "simclr-small_cnn-32-head-K8-knn-seed1.npz"
+    with np.load(out / "roc" / npz_name(record)) as f:
+        assert set(f.files) == {"fpr", "tpr", "auc", "scores", "memberships", "sample"}
+        assert float(f["auc"]) == pytest.approx(record.auc)
+        np.testing.assert_array_equal(f["scores"], record.samples.score)
+        np.testing.assert_array_equal(f["memberships"], record.samples.is_member.astype(np.int8))
+        fpr, tpr = metrics.roc_curve(record.samples.score, record.samples.is_member)
+        np.testing.assert_array_equal(f["fpr"], fpr) and np.testing.assert_array_equal(f["tpr"], tpr)
+
+
+def test_results_without_scores_still_report_and_export_nothing(results, tmp_path):
+    from lpla_fast.study.report import write_all
+
+    reloaded = Results.from_dict(results.to_dict())
+    files = write_all(reloaded, str(tmp_path))
+    assert files["exports"] == []
+    text = (tmp_path / "report.md").read_text()
+    assert "bootstrap over seeds (per-sample scores not kept)" in text
