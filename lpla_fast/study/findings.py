@@ -53,17 +53,18 @@ def _attack_sentences(data) -> List[str]:
     rows = family_rows(data)
     if not rows:
         return []
-    sentences, above = [], 0
+    sentences, verdicts = [], {"higher": 0, "overlaps": 0, "lower": 0}
     clear = [row for row in rows if max(_interval(row[3][1])[0], _interval(row[4][1])[0]) > 0.5]
     for k, output, fw, (lname, ls), (bname, bs) in clear:
         verdict = compare(ls, bs)
-        above += verdict != "lower"
+        verdicts[verdict] += 1
         word = {"higher": "above", "lower": "below", "overlaps": "overlapping"}[verdict]
         sentences.append(f"K={k}, {output}, {fw}: {_show(lname, ls)} against {_show(bname, bs)}: {word}.")
     head = (f"**LpLA against the other attacks.** In {len(clear)} of {len(rows)} (K, output, framework) points "
-            f"some attack's interval lies above chance; there the strongest LpLA-family attack (LpLA, the norm "
-            f"threshold, LiRA / RMIA over a norm statistic) reaches the best baseline (EncoderMI, kNN, and LiRA / "
-            f"RMIA over them) in {above} of {len(clear)}")
+            f"some attack's interval lies above chance. There the strongest LpLA-family attack (LpLA, the norm "
+            f"threshold, LiRA / RMIA over a norm statistic) lies above the best baseline (EncoderMI, kNN, and "
+            f"LiRA / RMIA over them) in {verdicts['higher']}, overlaps it in {verdicts['overlaps']} and lies below it "
+            f"in {verdicts['lower']}")
     return [head + (":" if clear else ".")] + [f"  - {s}" for s in sentences]
 
 

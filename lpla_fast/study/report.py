@@ -144,8 +144,9 @@ def _header(data: ReportData) -> str:
         lines.append("- Inputs: " + ", ".join(f"{k} `{v}`" for k, v in results.inputs.items() if v) + ".")
     studies = distinct(results.records, "study")
     level = _study_value(results, "level", "shadow")
+    refs = ", reference encoders for LiRA / RMIA" if any(map(is_reference, results.records)) else ""
     lines += [f"- Attacks: {', '.join(dict.fromkeys(data.labels.values()))}; headline at K={data.k}, knowledge "
-              f"`{level}` for the global attacks, reference encoders for LiRA / RMIA.",
+              f"`{level}` for the global attacks{refs}.",
               f"- Studies in this run: {', '.join(studies)}.",
               f"- Intervals: 95%, {data.stats.n_bootstrap} bootstrap replicates over seeds and samples.",
               f"- Device: {env.get('device', '?')}; total time {results.timings.get('total', 0):.0f} s."]
@@ -354,10 +355,12 @@ def _files(results: Results) -> str:
 
 
 def render_report(results: Results, stats: Optional[SeedStats] = None) -> str:
+    """The report's Markdown; `stats` shares the across-seed summaries with the plots."""
     data = ReportData(results, stats)
+    refs = " and reference encoders" if any(map(is_reference, results.records)) else ""
+    level = _study_value(results, "level", "shadow")
     parts = [_header(data), findings.section(data), _tradeoff(data),
-             _headline(data, data.k, f"## Attacks (K={data.k}, knowledge `{_study_value(results, 'level', 'shadow')}`"
-                                     " and reference encoders)"),
+             _headline(data, data.k, f"## Attacks (K={data.k}, knowledge `{level}`{refs})"),
              _headline(data, 1, "## Attacks at K=1 (one query: the clean image)") if data.k != 1 else "",
              _sweeps(data), _defenses(data), _figures(results), DEFINITIONS, _timings(results), _files(results)]
     return "\n".join(p for p in parts if p)
