@@ -119,7 +119,7 @@ def correlation_sentence(data, rows: List[dict]) -> str:
 
 
 def _defense_sentences(data) -> List[str]:
-    defended = [r for r in data.results.records if r.study == "defense" and r.defense and r.metrics]
+    defended = [r for r in data.defended() if r.metrics]
     out = []
     for output in dict.fromkeys(r.output for r in defended):
         name = data.strongest.get(output)

@@ -54,7 +54,7 @@ def make_plots(results: Results, folder: str, stats: Optional[SeedStats] = None)
     if any(e.feature_quality for e in results.targets()):
         quality_plot(data, folder, saved)
     frontier_plot(data, folder, saved)
-    base = [r for r in results.records if r.metrics and r.defense is None and r.architecture == data.architecture]
+    base = [r for r in results.records if r.metrics and r.defense is None and data.at_main(r)]
     sweep_plot(data, dedupe(r for r in base if r.study in ("k", "references")), "k",
                "query budget K (views per sample)", "auc_vs_k.png", folder, saved)
     sweep_plot(data, [r for r in base if r.study == "p"], "p", "norm order p", "auc_vs_p.png", folder, saved)
@@ -163,7 +163,7 @@ def frontier_plot(data: ReportData, folder: str, saved: List[str]) -> None:
     """Privacy-utility frontier of the defenses: probe accuracy against the strongest attack's
     AUC and TPR at 1% FPR, a point per (framework, defense) at its seed means, the undefended
     release included; the non-dominated points are joined and ringed."""
-    defended = [r for r in data.results.records if r.study == "defense" and r.defense and r.metrics]
+    defended = [r for r in data.defended() if r.metrics]
     if not defended:
         return
     outputs = distinct(defended, "output")

@@ -105,7 +105,17 @@ class ReportData:
         """Undefended records at the main architecture and query budget k: the global attacks
         (main table, or the K sweep) and the reference-calibrated ones, one per point."""
         return dedupe(r for r in self.results.records if r.study in ("main", "references", "k") and r.k == k
-                      and r.defense is None and r.architecture == self.architecture)
+                      and r.defense is None and self.at_main(r))
+
+    def defended(self) -> List[AttackRecord]:
+        """The records of defended releases or encoders, at the headline K when the run has it there."""
+        records = [r for r in self.results.records if r.defense]
+        at_k = [r for r in records if r.k == self.k]
+        return at_k or records
+
+    def at_main(self, record: AttackRecord) -> bool:
+        """Whether a record attacked the main architecture (a record without one is taken to)."""
+        return record.architecture is None or record.architecture == self.architecture
 
     def summary(self, records: List[AttackRecord]) -> Optional[SeedSummary]:
         return self.stats.of(records)
@@ -261,7 +271,7 @@ def _sweep(data: ReportData, records: List[AttackRecord], key: str, label) -> st
 
 def _sweeps(data: ReportData) -> str:
     results, k, level = data.results, data.k, _study_value(data.results, "level", "shadow")
-    base = [r for r in results.records if r.defense is None and r.architecture == data.architecture]
+    base = [r for r in results.records if r.defense is None and data.at_main(r)]
     lines = ["## Sweeps (AUC: mean over seeds [95% interval])", ""]
     p_records = [r for r in base if r.study == "p"]
     if p_records:
@@ -281,7 +291,7 @@ def _sweeps(data: ReportData) -> str:
 
 
 def _defenses(data: ReportData) -> str:
-    defended = [r for r in data.results.records if r.study == "defense" and r.defense]
+    defended = data.defended()
     if not defended:
         return ""
     lines = ["## Defenses and their utility cost", "",
