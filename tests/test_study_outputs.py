@@ -294,3 +294,19 @@ def test_results_without_scores_still_report_and_export_nothing(results, tmp_pat
     assert files["exports"] == []
     text = (tmp_path / "report.md").read_text()
     assert "bootstrap over seeds (per-sample scores not kept)" in text
+
+
+def test_markdown_to_html_escapes_text_and_names_a_missing_figure(tmp_path):
+    from lpla_fast.study.html import markdown_to_html
+
+    page = markdown_to_html("# T\n\na <b> & `x<y`\n\n- one\n  - nested **bold**\n\n![gone](plots/gone.png)\n",
+                            str(tmp_path))
+    assert "a &lt;b&gt; &amp; <code>x&lt;y</code>" in page and "<strong>bold</strong>" in page
+    assert "figure plots/gone.png is missing" in page and "<img" not in page
+
+
+def test_frontier_keeps_the_points_no_other_beats_on_both_axes():
+    from lpla_fast.study.plots import _frontier
+
+    # (utility, leakage): (0.9, 0.7) and (0.8, 0.55) and (0.6, 0.5) are not dominated; (0.7, 0.6) is.
+    assert _frontier([0.9, 0.7, 0.8, 0.6], [0.7, 0.6, 0.55, 0.5]) == [3, 2, 0]

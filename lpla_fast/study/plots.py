@@ -62,10 +62,11 @@ def make_plots(results: Results, folder: str, stats: Optional[SeedStats] = None)
 
 
 def _curve(record: AttackRecord):
-    if record.roc is not None:
-        return np.asarray(record.roc["fpr"]), np.asarray(record.roc["tpr"])
+    """The full ROC from the per-sample scores, else the thinned one of results.json."""
     if record.samples is not None:
         return metrics.roc_curve(record.samples.score, record.samples.is_member)
+    if record.roc is not None:
+        return np.asarray(record.roc["fpr"]), np.asarray(record.roc["tpr"])
     return None
 
 
@@ -231,6 +232,9 @@ def sweep_plot(data: ReportData, records: List[AttackRecord], key: str, xlabel: 
                 ax.errorbar(xs, aucs, yerr=errs, marker="o", capsize=2, label=fw)
             if key == "k":
                 ax.set_xscale("log", base=2)
+                ax.set_xlim(values[0] / 1.5, values[-1] * 1.5)
+            else:
+                ax.set_xlim(-0.5, len(values) - 0.5)
             ax.set_xticks(list(positions.values()), [_tick(v) for v in positions])
             ax.axhline(0.5, color="0.6", linestyle=":")
             ax.set(xlabel=xlabel, ylabel="AUC (mean over seeds)", title=f"{data.labels.get(attack, attack)}, {output}")
