@@ -181,9 +181,10 @@ def _headline(data: ReportData, k: Optional[int], title: str) -> str:
     records = data.headline(k)
     if not records:
         return ""
-    lines = [title, "",
-             "Each cell: the mean over seeds [95% interval]. Global attacks (one threshold for every sample) "
-             "first, then the attacks calibrated per sample with reference encoders (LiRA, RMIA).", ""]
+    refs = (" first, then the attacks calibrated per sample with reference encoders (LiRA, RMIA)"
+            if any(map(is_reference, records)) else "")
+    lines = [title, "", f"Each cell: the mean over seeds [95% interval]. Global attacks (one threshold for every "
+                        f"sample){refs}.", ""]
     for output in distinct(records, "output"):
         rows = _attack_rows(data, records, output)
         n = next((r.metrics for r in records if r.output == output and r.metrics), None)
