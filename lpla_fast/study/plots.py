@@ -1,20 +1,25 @@
 """PNG figures of an experiment or attack run, drawn from its Results.
 
 Matplotlib's object-oriented API with the Agg canvas: no pyplot, no global backend change,
-so it is safe inside other programs and on machines without a display.
+so it is safe inside other programs and on machines without a display. Every value plotted
+over seeds is the mean with its across-seed 95% interval (`stats.SeedStats`).
 """
 
 from __future__ import annotations
 
 import math
 import os
-from typing import List
+from typing import Dict, List, Optional
 
 import numpy as np
 
+from .. import metrics
 from ..fileio import replace_atomically
-from .report import attack_label, distinct
+from .report import ReportData, distinct, record_label
 from .results import AttackRecord, Results
+from .stats import SeedStats, dedupe, encoder_of, group_by_seed, is_reference, quality, variant
+
+MARKERS = "osD^vP*Xh<>"
 
 
 def _figure(rows: int, cols: int, width: float = 4.6, height: float = 3.8):
@@ -32,110 +37,208 @@ def _save(fig, folder: str, name: str, saved: List[str]) -> None:
     saved.append(name)
 
 
-def _scored(results: Results, study: str) -> List[AttackRecord]:
-    return [r for r in results.select(study=study) if r.metrics]
+def _yerr(mean: float, interval) -> list:
+    lo, hi = interval or (mean, mean)
+    return [[max(mean - lo, 0.0)], [max(hi - mean, 0.0)]]
 
 
-def make_plots(results: Results, folder: str) -> List[str]:
+def make_plots(results: Results, folder: str, stats: Optional[SeedStats] = None) -> List[str]:
     """Write every figure that the results support into `folder`; returns their file names:
-    roc-<framework>.png, leakage_vs_quality.png, auc_vs_k.png, auc_vs_p.png."""
+    roc-<framework>.png, leakage_vs_quality.png, privacy_utility.png, auc_vs_k.png, auc_vs_p.png."""
     os.makedirs(folder, exist_ok=True)
+    data = ReportData(results, stats)
     saved: List[str] = []
-    main = _scored(results, "main")
-    for fw in distinct(main, "framework"):
-        roc_plot([r for r in main if r.framework == fw], fw, folder, saved)
+    headline = [r for r in data.headline(data.k) if r.metrics]
+    for fw in distinct(headline, "framework"):
+        roc_plot([r for r in headline if r.framework == fw], fw, folder, saved)
     if any(e.feature_quality for e in results.targets()):
-        quality_plot(results, folder, saved)
-    sweep_plot(_scored(results, "k"), "k", "query budget K (views per sample)", "auc_vs_k.png", folder, saved)
-    sweep_plot(_scored(results, "p"), "p", "norm order p", "auc_vs_p.png", folder, saved)
+        quality_plot(data, folder, saved)
+    frontier_plot(data, folder, saved)
+    base = [r for r in results.records if r.metrics and r.defense is None and data.at_main(r)]
+    sweep_plot(data, dedupe(r for r in base if r.study in ("k", "references")), "k",
+               "query budget K (views per sample)", "auc_vs_k.png", folder, saved)
+    sweep_plot(data, [r for r in base if r.study == "p"], "p", "norm order p", "auc_vs_p.png", folder, saved)
     return saved
 
 
+def _curve(record: AttackRecord):
+    """The full ROC from the per-sample scores, else the thinned one of results.json."""
+    if record.samples is not None:
+        return metrics.roc_curve(record.samples.score, record.samples.is_member)
+    if record.roc is not None:
+        return np.asarray(record.roc["fpr"]), np.asarray(record.roc["tpr"])
+    return None
+
+
 def roc_plot(records: List[AttackRecord], framework: str, folder: str, saved: List[str]) -> None:
-    """ROC curves of every attack, one panel per output, on log-log axes."""
+    """ROC curves of every headline attack (global solid, reference-calibrated dashed), one panel
+    per output, on log-log axes; one seed (the first) per attack."""
     outputs = distinct(records, "output")
     fig, axes = _figure(1, len(outputs))
     for ax, output in zip(axes[0], outputs):
-        n_out = 1
-        for r in records:
-            if r.output != output or r.roc is None:
+        n_out, seed = 1, min(r.seed for r in records)
+        for r in (r for r in records if r.output == output and r.seed == seed):
+            curve = _curve(r)
+            if curve is None:
                 continue
-            fpr, tpr = np.asarray(r.roc["fpr"]), np.asarray(r.roc["tpr"])
+            fpr, tpr = curve
             n_out = max(n_out, r.metrics["n_nonmembers"])
             keep = fpr > 0  # log axes cannot show FPR = 0
-            ax.step(fpr[keep], np.maximum(tpr[keep], 1e-4), where="post",
-                    label=f"{attack_label(r.attack)} (AUC {r.auc:.3f})")
+            ax.step(fpr[keep], np.maximum(tpr[keep], 1e-4), where="post", linestyle="--" if is_reference(r) else "-",
+                    label=f"{record_label(r)} (AUC {r.auc:.3f})")
         lo = 1.0 / n_out
         ax.plot([lo, 1], [lo, 1], color="0.6", linestyle=":", label="chance")
-        ax.set(xscale="log", yscale="log", xlim=(lo, 1), ylim=(min(lo, 1e-2), 1.02),
-               xlabel="false positive rate", ylabel="true positive rate", title=f"{framework}: {output} output")
+        ax.set(xscale="log", yscale="log", xlim=(lo, 1), ylim=(min(lo, 1e-2), 1.02), xlabel="false positive rate",
+               ylabel="true positive rate", title=f"{framework}: {output} output (seed {seed})")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
     _save(fig, folder, f"roc-{framework}.png", saved)
 
 
-def quality_plot(results: Results, folder: str, saved: List[str], attack: str = "lpla") -> None:
-    """Attack AUC (with 95% interval) against linear-probe accuracy, one point per target encoder."""
-    main = [r for r in _scored(results, "main") if r.attack == attack]
-    if not main:
-        main = _scored(results, "main")
-        attack = main[0].attack if main else attack
-        main = [r for r in main if r.attack == attack]
-    outputs = distinct(main, "output")
+def _widest(groups: Dict[tuple, List[AttackRecord]], data: ReportData) -> Optional[str]:
+    """The attack run on the most (framework, architecture) configurations; among those, the
+    strongest (highest mean AUC): the one leakage can be compared with across all encoders."""
+    configs: Dict[str, set] = {}
+    aucs: Dict[str, list] = {}
+    for g in groups.values():
+        s = data.summary(g)
+        if s is not None:
+            configs.setdefault(variant(g[0]), set()).add((g[0].framework, g[0].architecture))
+            aucs.setdefault(variant(g[0]), []).append(s.auc)
+    return max(configs, key=lambda v: (len(configs[v]), np.mean(aucs[v]))) if configs else None
+
+
+def quality_plot(data: ReportData, folder: str, saved: List[str]) -> None:
+    """Leakage (AUC, TPR at 1% FPR) of one attack against linear-probe accuracy: a small point per
+    (encoder, seed), a large one per configuration at its seed means with across-seed intervals;
+    colour = architecture, marker = framework."""
+    points = dedupe(r for r in data.results.records if r.study in ("main", "references", "ladder") and r.metrics
+                    and r.defense is None and r.k == data.k)
+    outputs = distinct(points, "output")
     if not outputs:
         return
-    fig, axes = _figure(1, len(outputs))
-    corr = results.correlation
-    for ax, output in zip(axes[0], outputs):
-        for r in (r for r in main if r.output == output):
-            target = results.target_of(r)
-            if target is None or not target.feature_quality:
-                continue
-            quality = target.feature_quality
-            x = (quality.get("backbone") or quality[output])["linear_probe"]
-            m = r.metrics
-            ci = (m.get("ci") or {}).get("auc") or [m["auc"], m["auc"]]
-            ax.errorbar([x], [m["auc"]], yerr=[[m["auc"] - ci[0]], [ci[1] - m["auc"]]], fmt="o", capsize=3)
-            ax.annotate(r.framework, (x, m["auc"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
-        entry = corr.get(output, {}).get(attack, {}).get("linear_probe", {})
-        rho = entry.get("rho")
-        ax.axhline(0.5, color="0.6", linestyle=":")
-        ax.set(xlabel="linear-probe accuracy (backbone)", ylabel=f"{attack_label(attack)} AUC",
-               title=f"{output} output: Spearman ρ = " + ("n/a" if rho is None else f"{rho:+.2f}"))
-        ax.grid(True, alpha=0.3)
+    colours = {a: f"C{i % 10}" for i, a in enumerate(distinct(points, "architecture"))}
+    markers = {f: MARKERS[i % len(MARKERS)] for i, f in enumerate(distinct(points, "framework"))}
+    fig, axes = _figure(len(outputs), 2)
+    for row, output in enumerate(outputs):
+        groups = group_by_seed(r for r in points if r.output == output)
+        name = _widest(groups, data)
+        for col, (metric, ylabel) in enumerate((("auc", "AUC"), ("0.01", "TPR at 1% FPR"))):
+            ax = axes[row][col]
+            for g in (g for g in groups.values() if variant(g[0]) == name):
+                qs = [quality(encoder_of(data.results, r)) for r in g]
+                xs = [q["linear_probe"] for q in qs if q]
+                ys = [r.auc if metric == "auc" else r.tpr_at(0.01) for r, q in zip(g, qs) if q]
+                if not xs:
+                    continue
+                style = dict(color=colours[g[0].architecture], marker=markers[g[0].framework])
+                ax.scatter(xs, ys, s=12, alpha=0.4, **style)
+                s = data.summary(g)
+                ax.errorbar([np.mean(xs)], [s.mean[metric]], yerr=_yerr(s.mean[metric], s.interval.get(metric)),
+                            xerr=[[np.std(xs)], [np.std(xs)]], capsize=3, markersize=7, linestyle="none", **style)
+            if metric == "auc":
+                ax.axhline(0.5, color="0.6", linestyle=":")
+            ax.set(xlabel="linear-probe accuracy (backbone)", ylabel=f"{data.labels.get(name, name)} {ylabel}",
+                   title=f"{output} output")
+            ax.grid(True, alpha=0.3)
+    _legend(fig, axes[0][0], colours, markers)
     _save(fig, folder, "leakage_vs_quality.png", saved)
 
 
-def sweep_plot(records: List[AttackRecord], key: str, xlabel: str, name: str, folder: str, saved: List[str]) -> None:
-    """AUC against a swept parameter: a panel per (output, attack), a line per framework."""
+def _legend(fig, ax, colours: dict, markers: dict) -> None:
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=c, marker="o", linestyle="none", label=str(a)) for a, c in colours.items()]
+    handles += [Line2D([], [], color="0.3", marker=m, linestyle="none", label=f) for f, m in markers.items()]
+    ax.legend(handles=handles, fontsize=7, loc="best")
+
+
+def _frontier(xs: List[float], ys: List[float]) -> List[int]:
+    """Indices of the points no other point beats on both utility (x, higher) and leakage (y, lower)."""
+    keep = [i for i in range(len(xs)) if not any(xs[j] >= xs[i] and ys[j] <= ys[i] and (xs[j], ys[j]) != (xs[i], ys[i])
+                                                  for j in range(len(xs)))]
+    return sorted(keep, key=lambda i: xs[i])
+
+
+def frontier_plot(data: ReportData, folder: str, saved: List[str]) -> None:
+    """Privacy-utility frontier of the defenses: probe accuracy against the strongest attack's
+    AUC and TPR at 1% FPR, a point per (framework, defense) at its seed means, the undefended
+    release included; the non-dominated points are joined and ringed."""
+    defended = [r for r in data.defended() if r.metrics]
+    if not defended:
+        return
+    outputs = distinct(defended, "output")
+    fig, axes = _figure(len(outputs), 2)
+    for row, output in enumerate(outputs):
+        name = data.strongest.get(output)
+        pool = [r for r in defended + data.headline(data.k) if r.output == output and variant(r) == name]
+        groups = list(group_by_seed(pool).values())
+        missing = 0
+        for col, (metric, ylabel) in enumerate((("auc", "AUC"), ("0.01", "TPR at 1% FPR"))):
+            ax, xs, ys, labels = axes[row][col], [], [], []
+            for g in groups:
+                qs = [q for r in g if (q := quality(encoder_of(data.results, r), r.defense))]
+                if not qs:
+                    missing += col == 0
+                    continue
+                s = data.summary(g)
+                xs.append(float(np.mean([q["linear_probe"] for q in qs])))
+                ys.append(s.mean[metric])
+                labels.append(f"{g[0].framework}: {g[0].defense or 'none'}")
+                ax.errorbar([xs[-1]], [ys[-1]], yerr=_yerr(ys[-1], s.interval.get(metric)), marker="o", capsize=3,
+                            color="0.45" if g[0].defense else "C3")
+                ax.annotate(labels[-1], (xs[-1], ys[-1]), textcoords="offset points", xytext=(4, 3), fontsize=6)
+            front = _frontier(xs, ys)
+            if front:
+                ax.plot([xs[i] for i in front], [ys[i] for i in front], color="C0", linewidth=1.5, label="frontier")
+                ax.scatter([xs[i] for i in front], [ys[i] for i in front], s=90, facecolors="none", edgecolors="C0")
+                ax.legend(fontsize=7)
+            note = f"; {missing} without a probe measurement not shown" if missing else ""
+            ax.set(xlabel="linear-probe accuracy (utility)", ylabel=f"{data.labels.get(name, name)} {ylabel}",
+                   title=f"{output} output{note}")
+            ax.title.set_fontsize(8)
+            ax.grid(True, alpha=0.3)
+    _save(fig, folder, "privacy_utility.png", saved)
+
+
+def sweep_plot(data: ReportData, records: List[AttackRecord], key: str, xlabel: str, name: str, folder: str,
+               saved: List[str]) -> None:
+    """Mean AUC over seeds (with its interval) against a swept parameter: a panel per (output,
+    attack), a line per framework."""
     if not records:
         return
-    outputs, attacks = distinct(records, "output"), distinct(records, "attack")
+    outputs, attacks = distinct(records, "output"), list(dict.fromkeys(variant(r) for r in records))
     fig, axes = _figure(len(outputs), len(attacks), width=3.8, height=3.2)
     values = sorted({float(getattr(r, key)) for r in records})
     # K on a log2 axis at its value; p as evenly spaced categories (inf has no position).
     positions = {v: (v if key == "k" else i) for i, v in enumerate(values)}
+    frameworks = distinct(records, "framework")
+    groups = group_by_seed(records)
     for i, output in enumerate(outputs):
         for j, attack in enumerate(attacks):
             ax = axes[i][j]
-            frameworks = distinct(records, "framework")
             for n, fw in enumerate(frameworks):
-                rows = [r for r in records if r.output == output and r.attack == attack and r.framework == fw]
+                rows = [g for g in groups.values() if (g[0].output, variant(g[0]), g[0].framework) == (output, attack, fw)]
+                rows.sort(key=lambda g: float(getattr(g[0], key)))
                 if not rows:
                     continue
                 # Dodge the frameworks sideways a little so their intervals do not hide each other.
                 dodge = 0.06 * (n - (len(frameworks) - 1) / 2)
-                xs = [positions[float(getattr(r, key))] * 2 ** dodge if key == "k"
-                      else positions[float(getattr(r, key))] + dodge for r in rows]
-                aucs = [r.auc for r in rows]
-                cis = [(r.metrics.get("ci") or {}).get("auc") or [a, a] for r, a in zip(rows, aucs)]
-                ax.errorbar(xs, aucs, yerr=[[a - c[0] for a, c in zip(aucs, cis)], [c[1] - a for a, c in zip(aucs, cis)]],
-                            marker="o", capsize=2, label=fw)
+                xs = [positions[float(getattr(g[0], key))] * 2 ** dodge if key == "k"
+                      else positions[float(getattr(g[0], key))] + dodge for g in rows]
+                summaries = [data.summary(g) for g in rows]
+                aucs = [s.auc for s in summaries]
+                errs = np.array([_yerr(s.auc, s.interval.get("auc")) for s in summaries])[:, :, 0].T
+                ax.errorbar(xs, aucs, yerr=errs, marker="o", capsize=2, label=fw)
             if key == "k":
                 ax.set_xscale("log", base=2)
+                ax.set_xlim(values[0] / 1.5, values[-1] * 1.5)
+            else:
+                ax.set_xlim(-0.5, len(values) - 0.5)
             ax.set_xticks(list(positions.values()), [_tick(v) for v in positions])
             ax.axhline(0.5, color="0.6", linestyle=":")
-            ax.set(xlabel=xlabel, ylabel="AUC", title=f"{attack_label(attack)}, {output}")
+            ax.set(xlabel=xlabel, ylabel="AUC (mean over seeds)", title=f"{data.labels.get(attack, attack)}, {output}")
+            ax.title.set_fontsize(8)
             ax.grid(True, alpha=0.3)
             ax.legend(fontsize=7)
     _save(fig, folder, name, saved)

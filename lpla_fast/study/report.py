@@ -1,68 +1,45 @@
-"""report.md of an experiment or attack run, rendered from its Results (results.json)."""
+"""report.md of an experiment or attack run, rendered from its Results (results.json).
+
+Every number is a mean over the seeds of one configuration with a 95% interval (`stats`); the
+sections answer the study's two questions (do better features leak more; does LpLA beat the
+other attacks), then show the sweeps and the defenses. `write_all` writes every output of a run.
+"""
 
 from __future__ import annotations
 
+import os
 from typing import Dict, Iterable, List, Optional
 
-from ..attacks import ATTACKS, attack_class
+from ..attacks import ATTACKS, REFERENCE_ATTACKS, attack_class
 from ..fileio import write_text
+from . import findings
+from .definitions import DEFINITIONS
 from .results import AttackRecord, Results
+from .stats import (SeedStats, SeedSummary, correlation_rows, dedupe, encoder_of, group_by_seed, headline_architecture,
+                    headline_k, is_reference, quality, strongest, variant)
+
+FPR_COLUMNS = (("0.01", "TPR@1% FPR"), ("0.001", "TPR@0.1% FPR"))
+METHODS = {"seeds+samples": "hierarchical bootstrap over seeds, then members and non-members",
+           "seeds": "bootstrap over seeds (per-sample scores not kept)",
+           "samples": "one seed: bootstrap over members and non-members",
+           "per-seed interval": "one seed: its own bootstrap interval", "none": "one seed: no interval"}
 
 
 def attack_label(name: str) -> str:
     """The name reports and plots print for an attack (its class's `label`)."""
-    return attack_class(name).label if name in ATTACKS else name
-
-DEFINITIONS = """\
-## Definitions (ours where the paper is silent)
-
-The paper ("When Better Features Mean Greater Risks", ASIA CCS 2025) is known here only from its
-abstract: LpLA infers membership from the distribution of the p-norm of feature vectors, without
-labels or gradients. Everything more specific is our own definition, and each choice is a parameter:
-
-- **Query**: the attacker sends K views of a sample (view 1 the unaugmented image, the others
-  random augmentations of the training policy) and receives K embeddings z_1..z_K, either the
-  backbone output (the released representation) or the projection-head output.
-- **LpLA (ours)**: statistic t_k = log ||z_k||_p, standardized with the same encoder's reference
-  non-members; Gaussian member and non-member densities of t fitted on labelled data (the shadow
-  encoder's members and non-members, or the audit calibration sets); score = sum over the K views of
-  log p_in(t_k) - log p_out(t_k) (views taken as independent given membership). With reference
-  non-members only, the side on which members lie cannot be learned, so the score is two-sided
-  (distance from the non-members' centre).
-- **Norm threshold**: the mean view norm alone (an ablation of LpLA), direction and threshold learned.
-- **EncoderMI** (Liu et al., CCS 2021): the pairwise cosine similarities of the K views; -T thresholds
-  their mean, -V is an MLP on the sorted vector, -S a DeepSets classifier; trained on labelled data.
-  It needs K >= 2.
-- **kNN (FAISS)**: similarity of the view-mean embedding to its k nearest neighbours in a bank
-  (reference non-members at the shadow level; the known training samples at the audit level), its
-  direction learned on labelled data.
-- **Knowledge levels**: `reference` (known non-members queried on the target), `shadow` (a shadow
-  encoder of the same recipe trained on disjoint data), `audit` (the auditor knows the training set).
-  The audit level halves the target's members and non-members (seeded): it calibrates on the first
-  halves (one quarter of the members as the kNN bank, one quarter as labelled members) and is
-  evaluated on the second halves. The knowledge sweep evaluates every level on those same second
-  halves, so its numbers are comparable across levels but differ from the main table, which
-  evaluates all members and non-members.
-- **Metrics**: ROC AUC (ties count one half); best balanced accuracy over thresholds; TPR at a
-  target FPR = the largest TPR whose FPR is <= the target (step interpolation, conservative: with
-  fewer than 1/FPR non-members it is the TPR before the first false positive); 95% intervals from a
-  stratified percentile bootstrap.
-- **Feature quality**: linear-probe (logistic regression on frozen, standardized features) and
-  cosine-kNN accuracy on a labelled probe split disjoint from all others.
-- **Trade-off**: Spearman rank correlation between the target encoders' linear-probe (or kNN)
-  accuracy and an attack's AUC across frameworks. With n frameworks it rests on n points only (n = 5
-  by default): a weak test whatever its value.
-"""
+    base = name.split("-")[0]
+    if name in ATTACKS or name in REFERENCE_ATTACKS:
+        return attack_class(name).label
+    if base in REFERENCE_ATTACKS:  # "lira-offline"
+        return attack_class(base).label + name[len(base):]
+    return name
 
 
-def write_report(results: Results, path: str) -> None:
-    write_text(path, render_report(results))
-
-
-def render_report(results: Results) -> str:
-    parts = [_header(results), _tradeoff(results), _main_tables(results), _sweeps(results),
-             DEFINITIONS, _timings(results), _files(results)]
-    return "\n".join(p for p in parts if p)
+def record_label(record: AttackRecord) -> str:
+    """An attack as configured: "LpLA", "LpLA (mean_spread)", "LiRA-online (lpla)", ..."""
+    name = variant(record)
+    attack, _, detail = name.partition("/")
+    return attack_label(attack) + (f" ({detail})" if detail else "")
 
 
 # --- formatting helpers ---------------------------------------------------------------------------
@@ -71,21 +48,13 @@ def _num(x: Optional[float], digits: int = 3) -> str:
     return "—" if x is None else f"{x:.{digits}f}"
 
 
-def _with_ci(value: Optional[float], ci: Optional[List[float]]) -> str:
-    if value is None:
+def _cell(summary: Optional[SeedSummary], metric: str = "auc") -> str:
+    """Mean over seeds [95% interval]."""
+    if summary is None:
         return "—"
+    ci = summary.interval.get(metric)
+    value = summary.mean[metric]
     return f"{value:.3f}" if not ci else f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
-
-
-def _metric(record: AttackRecord, name: str) -> str:
-    """A metric with its CI: name "auc", "balanced_accuracy" or an FPR key like "0.01"."""
-    m = record.metrics
-    if not m:
-        return f"n/a ({record.skipped})" if record.skipped else "—"
-    ci = m.get("ci") or {}
-    if name in ("auc", "balanced_accuracy"):
-        return _with_ci(m[name], ci.get(name))
-    return _with_ci(m["tpr_at_fpr"][name], (ci.get("tpr_at_fpr") or {}).get(name))
 
 
 def _table(header: Iterable[str], rows: Iterable[Iterable[str]]) -> str:
@@ -99,13 +68,6 @@ def _p_label(p) -> str:
     return "∞" if p in ("inf", float("inf")) else f"{float(p):g}"
 
 
-def _find(records: List[AttackRecord], **keys) -> Optional[AttackRecord]:
-    for r in records:
-        if all(getattr(r, k) == v for k, v in keys.items()):
-            return r
-    return None
-
-
 def distinct(records: List[AttackRecord], key: str) -> List:
     """The values of one record attribute, in order of first appearance."""
     seen = []
@@ -115,156 +77,258 @@ def distinct(records: List[AttackRecord], key: str) -> List:
     return seen
 
 
+def _intervals_note(summaries: Iterable[Optional[SeedSummary]]) -> str:
+    methods = sorted({s.method for s in summaries if s is not None})
+    return "Intervals: " + "; ".join(METHODS.get(m, m) for m in methods) + "." if methods else ""
+
+
+class ReportData:
+    """What every section reads: the results, the across-seed summaries (computed once), the
+    headline K and architecture, and the strongest attacks."""
+
+    def __init__(self, results: Results, stats: Optional[SeedStats] = None):
+        self.results = results
+        self.stats = stats or SeedStats(n_bootstrap=_n_bootstrap(results), seed=_study_value(results, "seed", 0))
+        self.k = headline_k(results)
+        self.architecture = headline_architecture(results)
+        headline = self.headline(self.k)
+        self.outputs = distinct(headline, "output")
+        groups = group_by_seed(headline)
+        self.strongest = {o: strongest(groups, self.stats, lambda g, o=o: g[0].output == o) for o in self.outputs}
+        self.strongest_global = {o: strongest(groups, self.stats, lambda g, o=o: g[0].output == o
+                                              and not is_reference(g[0])) for o in self.outputs}
+        self.strongest_reference = {o: strongest(groups, self.stats, lambda g, o=o: g[0].output == o
+                                                 and is_reference(g[0])) for o in self.outputs}
+        self.labels = {variant(r): record_label(r) for r in results.records}
+
+    def headline(self, k: Optional[int]) -> List[AttackRecord]:
+        """Undefended records at the main architecture and query budget k: the global attacks
+        (main table, or the K sweep) and the reference-calibrated ones, one per point."""
+        return dedupe(r for r in self.results.records if r.study in ("main", "references", "k") and r.k == k
+                      and r.defense is None and self.at_main(r))
+
+    def defended(self) -> List[AttackRecord]:
+        """The records of defended releases or encoders, at the headline K when the run has it there."""
+        records = [r for r in self.results.records if r.defense]
+        at_k = [r for r in records if r.k == self.k]
+        return at_k or records
+
+    def at_main(self, record: AttackRecord) -> bool:
+        """Whether a record attacked the main architecture (a record without one is taken to)."""
+        return record.architecture is None or record.architecture == self.architecture
+
+    def summary(self, records: List[AttackRecord]) -> Optional[SeedSummary]:
+        return self.stats.of(records)
+
+
+def _study_value(results: Results, name: str, default):
+    return (results.config.get("study") or {}).get(name, default)
+
+
+def _n_bootstrap(results: Results) -> int:
+    return int(_study_value(results, "n_bootstrap", 1000))
+
+
 # --- sections -------------------------------------------------------------------------------------
 
-def _header(results: Results) -> str:
-    study = results.study
-    env = results.environment
+def _header(data: ReportData) -> str:
+    results, env = data.results, data.results.environment
     lines = ["# Membership leakage of contrastive encoders", "",
-             f"Made by `lpla {results.command}` on {results.created} "
-             f"(lpla_fast {env.get('lpla_fast', '?')}).", "", "## Setup", ""]
-    if results.command == "experiment":
-        c, ds = results.config, results.dataset
-        targets = results.targets()
+             f"Made by `lpla {results.command}` on {results.created} (lpla_fast {env.get('lpla_fast', '?')}).",
+             "", "## Setup", ""]
+    if results.dataset:
+        ds = results.dataset
+        lines.append(f"- Data: `{ds['name']}`, {ds['num_samples']} images of shape {tuple(ds['image_shape'])}; "
+                     "splits " + ", ".join(f"{k} {v}" for k, v in results.splits.items()) + ".")
+    targets = results.targets()
+    if targets:
+        archs = distinct(targets, "architecture")
+        seeds = sorted({e.seed for e in targets})
         train = targets[0].train_config
-        lines += [
-            f"- Data: `{ds['name']}`, {ds['num_samples']} images of shape {tuple(ds['image_shape'])}; splits "
-            + ", ".join(f"{k} {v}" for k, v in results.splits.items()) + f" (seed {c['seed']}).",
-            f"- Encoders: backbone `{train['backbone']}` (width {train['width'] or 'default'}), "
-            f"{train['epochs']} epochs, batch {train['batch_size']}, lr {train['lr']}, augmentation "
-            f"`{train['augmentation']}`; frameworks {', '.join(e.framework for e in targets)}; shadow framework "
-            f"{c.get('shadow_framework') or 'same as the target'}.",
-        ]
-    else:
-        lines += ["- Inputs: " + ", ".join(f"{k} `{v}`" for k, v in results.inputs.items() if v) + "."]
-    ps = ", ".join(_p_label(p) for p in study.ps)
-    lines += [
-        f"- Attacks: {', '.join(attack_label(a) for a in study.attacks)}; main table at K={study.k} "
-        f"views, knowledge level `{study.level}`, p=2 (the attacks' default).",
-        f"- Sweeps: p in {{{ps}}}, K in {{{', '.join(map(str, study.ks))}}}, knowledge "
-        f"{{{', '.join(study.levels)}}}; attacks {', '.join(attack_label(a) for a in study.sweep_attacks)}.",
-        f"- Confidence intervals: {study.n_bootstrap} bootstrap replicates (95%).",
-        f"- Device: {env.get('device', '?')}; total time {results.timings.get('total', 0):.0f} s.",
-    ]
+        recipe = (f"; {train['epochs']} epochs, batch {train['batch_size']}, lr {train['lr']}, augmentation "
+                  f"`{train['augmentation']}`") if train else ""
+        lines.append(f"- Encoders: frameworks {', '.join(distinct(targets, 'framework'))}; architectures "
+                     f"{', '.join(f'`{a}`' for a in archs)} (main: `{data.architecture}`){recipe}; "
+                     f"{len(seeds)} seed(s) per configuration ({', '.join(map(str, seeds))}).")
+    elif results.inputs:
+        lines.append("- Inputs: " + ", ".join(f"{k} `{v}`" for k, v in results.inputs.items() if v) + ".")
+    studies = distinct(results.records, "study")
+    level = _study_value(results, "level", "shadow")
+    refs = ", reference encoders for LiRA / RMIA" if any(map(is_reference, results.records)) else ""
+    lines += [f"- Attacks: {', '.join(dict.fromkeys(data.labels.values()))}; headline at K={data.k}, knowledge "
+              f"`{level}` for the global attacks{refs}.",
+              f"- Studies in this run: {', '.join(studies)}.",
+              f"- Intervals: 95%, {data.stats.n_bootstrap} bootstrap replicates over seeds and samples.",
+              f"- Device: {env.get('device', '?')}; total time {results.timings.get('total', 0):.0f} s."]
     return "\n".join(lines) + "\n"
 
 
-def _tradeoff(results: Results) -> str:
-    targets = [e for e in results.targets() if e.feature_quality]
-    if not targets:
-        return ""
-    main = results.select(study="main")
-    outputs = distinct(main, "output")
-    header = ["framework", "linear probe", "kNN acc."] + [f"LpLA AUC ({o})" for o in outputs] \
-        + [f"EncoderMI-T AUC ({o})" for o in outputs]
+def _attack_rows(data: ReportData, records: List[AttackRecord], output: str) -> List[List[str]]:
+    groups = group_by_seed(r for r in records if r.output == output)
+    ordered = sorted(groups.values(), key=lambda g: (is_reference(g[0])))
     rows = []
-    for target in targets:
-        q = target.feature_quality
-        b = q.get("backbone") or next(iter(q.values()))
-        row = [target.framework, _num(b["linear_probe"]), _num(b["knn"])]
-        for attack in ("lpla", "encodermi-t"):
-            for o in outputs:
-                r = _find(main, framework=target.framework, backbone=target.backbone, seed=target.seed, output=o,
-                          attack=attack)
-                row.append(_metric(r, "auc") if r else "—")
-        rows.append(row)
+    for fw in distinct(records, "framework"):
+        for g in (g for g in ordered if g[0].framework == fw):
+            s = data.summary(g)
+            if s is None:
+                rows.append([fw, record_label(g[0]), "0", f"n/a ({g[0].skipped})", "—", "—"])
+                continue
+            rows.append([fw, record_label(g[0]), str(s.n_seeds), _cell(s)] + [_cell(s, m) for m, _ in FPR_COLUMNS])
+    return rows
+
+
+def _headline(data: ReportData, k: Optional[int], title: str) -> str:
+    records = data.headline(k)
+    if not records:
+        return ""
+    refs = (" first, then the attacks calibrated per sample with reference encoders (LiRA, RMIA)"
+            if any(map(is_reference, records)) else "")
+    lines = [title, "", f"Each cell: the mean over seeds [95% interval]. Global attacks (one threshold for every "
+                        f"sample){refs}.", ""]
+    for output in distinct(records, "output"):
+        rows = _attack_rows(data, records, output)
+        n = next((r.metrics for r in records if r.output == output and r.metrics), None)
+        count = f" ({n['n_members']} members, {n['n_nonmembers']} non-members per seed)" if n else ""
+        lines += [f"### Output: {output}{count}", "",
+                  _table(["framework", "attack", "seeds", "AUC"] + [c for _, c in FPR_COLUMNS], rows), ""]
+    summaries = [data.summary(g) for g in group_by_seed(records).values()]
+    return "\n".join(lines + [_intervals_note(summaries), ""])
+
+
+def _quality_cell(data: ReportData, records: List[AttackRecord], metric: str) -> str:
+    values = [q[metric] for r in records if (q := quality(encoder_of(data.results, r), r.defense))]
+    return _num(sum(values) / len(values)) if values else "—"
+
+
+def _tradeoff(data: ReportData) -> str:
+    points = dedupe(r for r in data.results.records if r.study in ("main", "references", "ladder")
+                    and r.k == data.k and r.defense is None and r.metrics)
+    if not points or not any(e.feature_quality for e in data.results.targets()):
+        return ""
     lines = ["## Feature quality and leakage (the paper's claim)", "",
-             "Feature quality of each target encoder (backbone output, probe split) beside the AUC of "
-             "the attacks in the main table.", "", _table(header, rows), ""]
-    corr = results.correlation
-    corr_rows = []
-    for o in outputs:
-        for attack, by_metric in corr.get(o, {}).items():
-            lp, kn = by_metric["linear_probe"], by_metric["knn"]
-            corr_rows.append([attack_label(attack), o, _num(lp["rho"]), _num(lp["p_value"]),
-                              _num(kn["rho"]), _num(kn["p_value"]), lp["n"]])
-    if corr_rows and max(row[-1] for row in corr_rows) < 3:
-        lines += [f"A rank correlation between feature quality and leakage needs at least 3 frameworks; this run "
-                  f"has {max(row[-1] for row in corr_rows)}.", ""]
-    elif corr_rows:
-        lines += ["Spearman rank correlation between feature quality and attack AUC across frameworks:", "",
-                  _table(["attack", "output", "ρ (linear probe)", "p", "ρ (kNN acc.)", "p", "frameworks"],
-                         corr_rows), "", _claim_sentence(corr, outputs), ""]
+             "Feature quality of each target configuration (backbone output, probe split; mean over seeds) beside "
+             f"the leakage of the strongest global and reference-calibrated attacks at K={data.k}.", ""]
+    ladder = len(distinct(points, "architecture")) > 1
+    for output in data.outputs:
+        chosen = [v for v in (data.strongest_global.get(output), data.strongest_reference.get(output)) if v]
+        header = ["architecture", "framework", "seeds", "linear probe", "kNN acc."]
+        for v in chosen:
+            header += [f"{data.labels[v]} AUC", "TPR@1% FPR"]
+        rows = []
+        mine = [r for r in points if r.output == output]
+        for arch in distinct(mine, "architecture"):
+            for fw in distinct(mine, "framework"):
+                cell = [r for r in mine if r.architecture == arch and r.framework == fw]
+                if not cell:
+                    continue
+                row = [f"`{arch}`", fw, str(len({r.seed for r in cell})), _quality_cell(data, cell, "linear_probe"),
+                       _quality_cell(data, cell, "knn")]
+                for v in chosen:
+                    s = data.summary([r for r in cell if variant(r) == v])
+                    row += [_cell(s), _cell(s, "0.01")]
+                rows.append(row)
+        title = "Architecture ladder" if ladder else "Quality beside leakage"
+        lines += [f"### {title}: {output} output", "", _table(header, rows), ""]
+    lines += [_correlations(data)]
     return "\n".join(lines)
 
 
-def _claim_sentence(corr: dict, outputs: List[str]) -> str:
-    """What the LpLA correlation says about the paper's claim, in words, whatever it is."""
-    sentences = []
-    for o in outputs:
-        entry = corr.get(o, {}).get("lpla", {}).get("linear_probe")
-        if not entry:
+def _correlations(data: ReportData) -> str:
+    rows = correlation_rows(data.results)
+    if not rows:
+        return ""
+    shown = {v for o in data.outputs for v in (data.strongest_global.get(o), data.strongest_reference.get(o), "lpla")}
+    table = []
+    for row in rows:
+        if row["axis"] != "all" and row["variant"] not in shown:
             continue
-        rho, p, n = entry["rho"], entry["p_value"], entry["n"]
-        if rho is None:
-            verdict = f"is undefined ({n} frameworks, or no spread in one of the two columns)"
-        elif rho > 0 and p is not None and p < 0.05:
-            verdict = f"is {rho:+.2f} (p = {p:.3f}): consistent with the claim"
-        elif rho > 0:
-            verdict = f"is {rho:+.2f} (p = {p:.3f}): the same direction as the claim, not significant"
-        elif rho == 0:
-            verdict = "is 0: no support for the claim"
-        else:
-            verdict = f"is {rho:+.2f} (p = {p:.3f}): the opposite direction to the claim"
-        sentences.append(f"On the {o} output, ρ between linear-probe accuracy and LpLA AUC {verdict}.")
-    if not sentences:
-        return ""
-    return ("The paper claims that frameworks with better features leak more. " + " ".join(sentences)
-            + " With this few frameworks a rank correlation is weak evidence either way; the per-framework "
-              "AUC intervals above show how much of the spread is noise.")
+        cells = []
+        for key in ("linear_probe/auc", "knn/auc", "linear_probe/tpr_1"):
+            rho, p = row[key]["rho"], row[key]["p_value"]
+            cells.append("—" if rho is None else f"{rho:+.2f} (p={p:.3f})")
+        table.append([row["output"], data.labels.get(row["variant"], row["variant"]), row["axis"], row["n"]] + cells)
+    return "\n".join([
+        "### Correlation of feature quality with leakage", "",
+        "Spearman's ρ (p-value) over (encoder, seed) points: `all` pools every framework, architecture and seed; "
+        "`frameworks` holds the main architecture fixed; `architectures (f)` holds framework f fixed. "
+        "Points of one configuration under different seeds are separate training runs.", "",
+        _table(["output", "attack", "axis", "points", "ρ probe–AUC", "ρ kNN–AUC", "ρ probe–TPR@1%"], table), "",
+        findings.correlation_sentence(data, rows), ""])
 
 
-def _main_tables(results: Results) -> str:
-    main = results.select(study="main")
-    if not main:
-        return ""
-    study = results.study
-    lines = [f"## Attacks (K={study.k}, knowledge `{study.level}`)", "",
-             "AUC, TPR at 1% and 0.1% FPR and the best balanced accuracy, each with its 95% bootstrap "
-             "interval, on all target members and non-members.", ""]
-    for o in distinct(main, "output"):
-        rows = [[r.framework, attack_label(r.attack), _metric(r, "auc"),
-                 _metric(r, "0.01"), _metric(r, "0.001"), _metric(r, "balanced_accuracy")]
-                for r in main if r.output == o]
-        n = next((r.metrics for r in main if r.output == o and r.metrics), None)
-        count = f" ({n['n_members']} members, {n['n_nonmembers']} non-members)" if n else ""
-        lines += [f"### Output: {o}{count}", "",
-                  _table(["framework", "attack", "AUC", "TPR@1% FPR", "TPR@0.1% FPR", "balanced acc."], rows), ""]
-    return "\n".join(lines)
-
-
-def _sweep_table(records: List[AttackRecord], column_key: str, column_label) -> str:
-    columns = distinct(records, column_key)
+def _sweep(data: ReportData, records: List[AttackRecord], key: str, label) -> str:
+    columns = sorted(distinct(records, key), key=lambda v: (isinstance(v, str), v))
+    groups = group_by_seed(records)
     rows = []
     for fw in distinct(records, "framework"):
         for o in distinct(records, "output"):
-            for attack in distinct(records, "attack"):
-                cells = [_find(records, framework=fw, output=o, attack=attack, **{column_key: c}) for c in columns]
-                if not any(cells):
-                    continue
-                rows.append([fw, o, attack_label(attack)] + [_metric(c, "auc") if c else "—" for c in cells])
-    return _table(["framework", "output", "attack"] + [column_label(c) for c in columns], rows)
+            for v in dict.fromkeys(variant(r) for r in records):
+                cells = {getattr(g[0], key): data.summary(g) for g in groups.values()
+                         if (g[0].framework, g[0].output, variant(g[0])) == (fw, o, v)}
+                if cells:
+                    rows.append([fw, o, data.labels[v]] + [_cell(cells.get(c)) for c in columns])
+    return _table(["framework", "output", "attack"] + [label(c) for c in columns], rows)
 
 
-def _sweeps(results: Results) -> str:
-    study = results.study
-    lines = ["## Sweeps (AUC with 95% interval)", ""]
-    p_records = results.select(study="p")
+def _sweeps(data: ReportData) -> str:
+    results, k, level = data.results, data.k, _study_value(data.results, "level", "shadow")
+    base = [r for r in results.records if r.defense is None and data.at_main(r)]
+    lines = ["## Sweeps (AUC: mean over seeds [95% interval])", ""]
+    p_records = [r for r in base if r.study == "p"]
     if p_records:
-        lines += [f"### Norm order p (K={study.k}, knowledge `{study.level}`)", "",
-                  _sweep_table(p_records, "p", lambda p: f"p={_p_label(p)}"), ""]
-    k_records = results.select(study="k")
+        lines += [f"### Norm order p (K={k}, knowledge `{level}`)", "",
+                  _sweep(data, p_records, "p", lambda p: f"p={_p_label(p)}"), ""]
+    k_records = dedupe(r for r in base if r.study in ("k", "references"))
     if k_records:
-        lines += [f"### Query budget K (knowledge `{study.level}`; K=1 is the clean image alone)", "",
-                  _sweep_table(k_records, "k", lambda k: f"K={k}"), ""]
-    kn_records = results.select(study="knowledge")
+        lines += [f"### Query budget K (K=1 is the clean image alone)", "",
+                  _sweep(data, k_records, "k", lambda kk: f"K={kk}"), ""]
+    kn_records = [r for r in base if r.study == "knowledge"]
     if kn_records:
         n = next((r.metrics for r in kn_records if r.metrics), None)
         count = f"{n['n_members']} members and {n['n_nonmembers']} non-members, " if n else ""
-        lines += [f"### Knowledge level (K={study.k}; every level evaluated on the same held-out halves: "
-                  f"{count}see Definitions)", "",
-                  _sweep_table(kn_records, "level", lambda lvl: lvl), ""]
+        lines += [f"### Knowledge level (K={k}; every level evaluated on the same held-out halves: "
+                  f"{count}see Definitions)", "", _sweep(data, kn_records, "level", str), ""]
     return "\n".join(lines) if len(lines) > 2 else ""
+
+
+def _defenses(data: ReportData) -> str:
+    defended = data.defended()
+    if not defended:
+        return ""
+    lines = ["## Defenses and their utility cost", "",
+             "Each defense against the strongest attacks it was tested with, beside the undefended release "
+             "(`none`). Probe accuracy is measured on the defended encoder (— where the run did not measure it).", ""]
+    baseline = data.headline(data.k)
+    for output in distinct(defended, "output"):
+        mine = [r for r in defended if r.output == output]
+        groups = group_by_seed(mine)
+        chosen = [v for v in dict.fromkeys(
+            [strongest(groups, data.stats, lambda g: not is_reference(g[0])),
+             strongest(groups, data.stats, lambda g: is_reference(g[0]))]) if v]
+        header = ["framework", "defense", "seeds", "linear probe"]
+        for v in chosen:
+            header += [f"{data.labels[v]} AUC", "TPR@1% FPR"]
+        rows = []
+        for fw in distinct(mine, "framework"):
+            for defense in [None] + distinct([r for r in mine if r.framework == fw], "defense"):
+                pool = [r for r in (baseline if defense is None else mine) if r.framework == fw and
+                        r.output == output and r.defense == defense]
+                if not pool:
+                    continue
+                row = [fw, defense or "none", str(len({r.seed for r in pool})),
+                       _quality_cell(data, pool, "linear_probe")]
+                for v in chosen:
+                    s = data.summary([r for r in pool if variant(r) == v])
+                    row += [_cell(s), _cell(s, "0.01")]
+                rows.append(row)
+        lines += [f"### Output: {output}", "", _table(header, rows), ""]
+    return "\n".join(lines)
+
+
+def _figures(results: Results) -> str:
+    if not results.plots:
+        return ""
+    return "## Figures\n\n" + "\n\n".join(f"![{name}](plots/{name})" for name in results.plots) + "\n"
 
 
 def _timings(results: Results) -> str:
@@ -273,27 +337,61 @@ def _timings(results: Results) -> str:
         return ""
     groups: Dict[str, float] = {}
     for stage, seconds in timings.get("stages", {}).items():
-        group = stage.split("/")[0]
-        groups[group] = groups.get(group, 0.0) + seconds
+        groups[stage.split("/")[0]] = groups.get(stage.split("/")[0], 0.0) + seconds
     rows = [[stage, f"{seconds:.1f}"] for stage, seconds in groups.items()]
     rows.append(["**total**", f"**{timings['total']:.1f}**"])
-    training = [f"{e.framework} {e.role} {e.seconds:.0f} s" + (" (reused)" if e.reused else "")
-                for e in results.encoders]
+    training = [f"{e.framework} {e.role} {e.architecture} seed {e.seed} {e.seconds:.0f} s" + (" (reused)" if e.reused
+                else "") for e in results.encoders]
     env = results.environment
     load = env.get("load_average")
     load_note = f" Load average at the end (1, 5, 15 min): {', '.join(f'{x:.1f}' for x in load)}." if load else ""
     return "\n".join(["## Timings", "",
                       f"Seconds per stage on {env.get('cpu_count', '?')} CPUs ({env.get('torch_threads', '?')} torch "
-                      f"threads), device {env.get('device', '?')}.{load_note}", "", _table(["stage", "seconds"], rows), "",
-                      ("Training per encoder: " + "; ".join(training) + ".\n") if training else ""])
+                      f"threads), device {env.get('device', '?')}.{load_note}", "", _table(["stage", "seconds"], rows),
+                      "", ("Training per encoder: " + "; ".join(training) + ".\n") if training else ""])
 
 
 def _files(results: Results) -> str:
-    files = ["`results.json`: every number above and more (ROC curves, timings, config)"]
+    files = ["`results.json`: every number above and more (ROC curves, timings, config)",
+             "`report.html`: this report with its figures, in one self-contained file",
+             "`scores.parquet`: every per-sample score with its membership label (long format, pandas)",
+             "`roc/*.npz`: per headline attack, `fpr`, `tpr`, `auc`, `scores`, `memberships` (ML Privacy Meter's layout)"]
     if results.command == "experiment":
         files += ["`config.json`, `splits.json`: what made this run",
-                  "`encoders/<framework>/<role>/`: the trained encoders (reused by a rerun)"]
+                  "`encoders/`: the trained encoders (reused by a rerun)"]
     for name in results.calibration_files.values():
         files.append(f"`{name}`: the fitted LpLA calibration, for `lpla score --calibration`")
     files += [f"`plots/{name}`" for name in results.plots]
     return "## Files\n\n" + "\n".join(f"- {f}" for f in files) + "\n"
+
+
+def render_report(results: Results, stats: Optional[SeedStats] = None) -> str:
+    """The report's Markdown; `stats` shares the across-seed summaries with the plots."""
+    data = ReportData(results, stats)
+    refs = " and reference encoders" if any(map(is_reference, results.records)) else ""
+    level = _study_value(results, "level", "shadow")
+    parts = [_header(data), findings.section(data), _tradeoff(data),
+             _headline(data, data.k, f"## Attacks (K={data.k}, knowledge `{level}`{refs})"),
+             _headline(data, 1, "## Attacks at K=1 (one query: the clean image)") if data.k != 1 else "",
+             _sweeps(data), _defenses(data), _figures(results), DEFINITIONS, _timings(results), _files(results)]
+    return "\n".join(p for p in parts if p)
+
+
+def write_report(results: Results, path: str, stats: Optional[SeedStats] = None) -> None:
+    write_text(path, render_report(results, stats))
+
+
+def write_all(results: Results, out_dir: str) -> Dict[str, List[str]]:
+    """Every output of a run beside its results.json: plots/*.png, report.md, report.html,
+    scores.parquet and roc/*.npz. Sets `results.plots`. Returns {"plots", "report", "exports"}:
+    the written paths (plots as names inside plots/, the others relative to out_dir)."""
+    from . import exports, html, plots
+
+    stats = SeedStats(n_bootstrap=_n_bootstrap(results), seed=_study_value(results, "seed", 0))
+    results.plots = plots.make_plots(results, os.path.join(out_dir, "plots"), stats)
+    text = render_report(results, stats)
+    write_text(os.path.join(out_dir, "report.md"), text)
+    html.write_html(text, os.path.join(out_dir, "report.html"), out_dir)
+    written = exports.write_exports(results, out_dir)
+    return {"plots": list(results.plots), "report": ["report.md", "report.html"],
+            "exports": [os.path.relpath(p, out_dir) for p in written]}

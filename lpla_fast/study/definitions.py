@@ -1,0 +1,57 @@
+"""The report's Definitions section: what every number in it means (ours where the paper is silent)."""
+
+DEFINITIONS = """\
+## Definitions (ours where the paper is silent)
+
+The paper ("When Better Features Mean Greater Risks", ASIA CCS 2025) is known here only from its
+abstract: LpLA infers membership from the distribution of the p-norm of feature vectors, without
+labels or gradients. Everything more specific is our own definition, and each choice is a parameter:
+
+- **Query**: the attacker sends K views of a sample (view 1 the unaugmented image, the others
+  random augmentations of the training policy) and receives K embeddings z_1..z_K, either the
+  backbone output (the released representation) or the projection-head output.
+- **LpLA (ours)**: statistic t_k = log ||z_k||_p, standardized with the same encoder's reference
+  non-members; Gaussian member and non-member densities of t fitted on labelled data (the shadow
+  encoder's members and non-members, or the audit calibration sets); score = sum over the K views of
+  log p_in(t_k) - log p_out(t_k) (views taken as independent given membership). Its characteristics
+  (`mean_spread`, `resultant`, `multi_p`) model the K views jointly instead. With reference
+  non-members only, the score is two-sided (distance from the non-members' centre).
+- **Norm threshold**: the mean view norm alone (an ablation of LpLA), direction and threshold learned.
+- **EncoderMI** (Liu et al., CCS 2021): the pairwise cosine similarities of the K views; -T thresholds
+  their mean, -V is an MLP on the sorted vector, -S a DeepSets classifier; trained on labelled data.
+  It needs K >= 2.
+- **kNN (FAISS)**: similarity of the view-mean embedding to its k nearest neighbours in a bank
+  (reference non-members at the shadow level; the known training samples at the audit level), its
+  direction learned on labelled data.
+- **Global and reference-calibrated attacks**: the attacks above apply one threshold to every
+  sample. LiRA (Carlini et al., 2022) and RMIA (Zarifzadeh et al., 2024) calibrate each sample
+  against reference encoders trained on random halves of a candidate pool holding the target's
+  members and non-members. "LiRA-online (s)": per-sample Gaussians of statistic s from the references
+  trained with and without the sample; "-offline": only those without it, a one-sided test. RMIA: a
+  likelihood ratio against population samples, normalized by the references. Statistic s: `lpla`
+  (the view norms), `encodermi` (view agreement), `knn`, or an LpLA characteristic.
+- **LpLA family**: LpLA, the norm threshold, and LiRA / RMIA over a norm statistic; the baselines are
+  EncoderMI, kNN, and LiRA / RMIA over their statistics.
+- **Knowledge levels**: `reference` (known non-members queried on the target), `shadow` (a shadow
+  encoder of the same recipe trained on disjoint data), `audit` (the auditor knows the training set).
+  The audit level halves the target's members and non-members (seeded): it calibrates on the first
+  halves and is evaluated on the second halves. The knowledge sweep evaluates every level on those
+  same second halves, so its numbers are comparable across levels but differ from the main table.
+- **Metrics**: ROC AUC (ties count one half); TPR at a target FPR = the largest TPR whose FPR is <= the
+  target (step interpolation, conservative: with fewer than 1/FPR non-members it is the TPR before the
+  first false positive). TPR at 1% and 0.1% FPR are the headline columns: an attack that is useful
+  to an adversary finds some members with almost no false alarms.
+- **Seeds and intervals**: every configuration is trained with several seeds, each drawing its own
+  members and training randomness. A cell is the mean over seeds; its 95% interval comes from a
+  hierarchical bootstrap: resample the seeds, then within each chosen seed resample its members and
+  non-members (separately), and average. Where the per-sample scores were not kept it resamples the
+  seeds' values only; each table says which.
+- **Feature quality**: linear-probe (logistic regression on frozen, standardized features) and
+  cosine-kNN accuracy on a labelled probe split disjoint from all others.
+- **Trade-off**: Spearman rank correlation between linear-probe (or kNN) accuracy and an attack's
+  AUC (or TPR at 1% FPR) over every (encoder, seed) point, across frameworks and architectures, and
+  along each axis alone. Points are few: read ρ with its p-value.
+- **Defenses**: applied at release (to the embeddings the attacker receives: L2 normalization, noise,
+  quantization, truncation) or at training (weight decay, fewer epochs, more members, DP-SGD); each
+  is shown with the probe accuracy of the defended encoder, the utility it costs.
+"""
