@@ -211,11 +211,16 @@ class Results:
         return [e for e in self.encoders if e.role == "target"]
 
     def target_of(self, record: AttackRecord) -> Optional[EncoderRecord]:
-        """The target encoder a record attacked (None when the run trained none)."""
-        for e in self.targets():
-            if e.framework == record.framework and e.seed == record.seed and \
-                    (record.backbone is None or e.backbone == record.backbone):
-                return e
+        """The target encoder a record attacked: same framework and seed, same architecture when
+        the record names one, and its training-time defense (or the undefended encoder, for a
+        defense applied at release); None when the run trained none."""
+        candidates = [e for e in self.targets() if e.framework == record.framework and e.seed == record.seed
+                      and (record.backbone is None or (e.backbone, e.width) == (record.backbone, record.width)
+                           or (e.backbone == record.backbone and record.width is None))]
+        for wanted in (record.defense, None) if record.defense else (None,):
+            match = [e for e in candidates if e.defense == wanted]
+            if match:
+                return match[0]
         return None
 
     def to_dict(self) -> dict:

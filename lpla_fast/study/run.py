@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import platform
-import time
 from dataclasses import replace
 from typing import Dict, Optional
 
@@ -130,12 +129,10 @@ def run_attacks(views: Dict[str, ViewSet], study: StudyConfig, out_dir: str, lab
 
 
 def write_outputs(results: Results, out_dir: str, stages: Stages) -> None:
-    """plots/*.png, results.json and report.md; adds the plot names and the timings to `results`."""
-    from . import plots, report
+    """plots/, report.md, report.html, scores.parquet, roc/*.npz and results.json (with the
+    timings and the plot names)."""
+    from .report import write_all
 
-    plot_start = time.perf_counter()
-    results.plots = plots.make_plots(results, os.path.join(out_dir, "plots"))
-    stage_seconds = dict(stages.seconds, plots=round(time.perf_counter() - plot_start, 3))
-    results.timings = {"stages": stage_seconds, "total": round(stages.elapsed(), 3)}
+    results.timings = {"stages": dict(stages.seconds), "total": round(stages.elapsed(), 3)}
+    write_all(results, out_dir)
     results.save(os.path.join(out_dir, RESULTS_FILE))
-    report.write_report(results, os.path.join(out_dir, "report.md"))

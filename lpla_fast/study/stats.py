@@ -221,25 +221,19 @@ def strongest(groups: Dict[tuple, List[AttackRecord]], stats: SeedStats,
 # --- feature quality against leakage -------------------------------------------------------------
 
 def encoder_of(results: Results, record: AttackRecord) -> Optional[EncoderRecord]:
-    """The target encoder a record attacked: same framework and seed, same architecture when the
-    record names one, and its training-time defense (or the undefended encoder, for a defense
-    applied at release, when no encoder records that defense)."""
-    candidates = [e for e in results.targets() if e.framework == record.framework and e.seed == record.seed
-                  and (record.backbone is None or (e.backbone, e.width) == (record.backbone, record.width)
-                       or (e.backbone == record.backbone and record.width is None))]
-    for wanted in (record.defense, None) if record.defense else (None,):
-        match = [e for e in candidates if e.defense == wanted]
-        if match:
-            return match[0]
-    return None
+    """The target encoder a record attacked (`Results.target_of`)."""
+    return results.target_of(record)
 
 
 def quality(encoder: Optional[EncoderRecord], defense: Optional[str] = None) -> Optional[dict]:
     """{"linear_probe", "knn"} of an encoder's backbone output (its first output without one);
-    None when unmeasured, or when `defense` is set but the encoder was measured without it."""
-    if encoder is None or not encoder.feature_quality or (defense and encoder.defense != defense):
+    under a release-time `defense`, the quality of the defended release (measured on the
+    undefended encoder's defended embeddings); None when unmeasured."""
+    if encoder is None:
         return None
-    q = encoder.feature_quality
+    q = encoder.defended_quality.get(defense) if defense and encoder.defense != defense else encoder.feature_quality
+    if not q:
+        return None
     return q.get("backbone") or next(iter(q.values()))
 
 
