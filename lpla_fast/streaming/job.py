@@ -88,7 +88,7 @@ def resolve_p(config: ScoreConfig, calibration) -> float:
     return calibration.p if calibration is not None else 2.0
 
 
-def job_settings(config: ScoreConfig, calibration, p: float) -> dict:
+def job_settings(config: ScoreConfig, calibration, p: float, id_type=None) -> dict:
     """What a resumed run must share with the run that started the output folder."""
     digest = None
     if calibration is not None and config.stat == "lpla":
@@ -100,6 +100,8 @@ def job_settings(config: ScoreConfig, calibration, p: float) -> dict:
         "p": encode_float(p),
         "batch_rows": config.batch_rows,
         "write_norms": config.write_norms,
+        # every part has the same columns: a rerun must not add (or retype) the id column
+        "id_type": None if id_type is None else str(id_type),
     }
 
 
@@ -109,8 +111,9 @@ def job_settings(config: ScoreConfig, calibration, p: float) -> dict:
 class ChunkScorer:
     """Scores chunks of views with the fused op and turns them into output tables."""
 
-    def __init__(self, stat: str, p: float, calibration=None, write_norms: bool = False):
+    def __init__(self, stat: str, p: float, calibration=None, write_norms: bool = False, id_type=None):
         self.stat, self.p, self.calibration, self.write_norms = stat, p, calibration, write_norms
+        self.id_type = id_type  # pyarrow type of the id column of every part; None: no id column
 
     def scores(self, views):
         """(norms (N, K), scores (N,)) of a (N, K, D) tensor, on its device."""
@@ -147,8 +150,10 @@ class ChunkScorer:
         # as long as scoring the rows.
         shard = pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([os.path.basename(chunk.shard)]), safe=False)
         columns = {"shard": shard, "row": pa.array(np.arange(chunk.start, chunk.stop, dtype=np.int64))}
-        if chunk.ids is not None:
-            columns["id"] = chunk.ids
+        if self.id_type is not None:
+            # One schema in every part, whatever shard it comes from: a reader that takes the
+            # schema from the first part it opens (pyarrow, pandas) sees every column.
+            columns["id"] = pa.nulls(n, self.id_type) if chunk.ids is None else _cast_ids(chunk, self.id_type)
         columns["score"] = pa.array(scores.double().numpy())
         if self.write_norms:
             k = norms.shape[1]
@@ -165,6 +170,15 @@ class ChunkScorer:
         norms, scores = norms.cpu(), scores.cpu()
         self.check(chunk, norms, scores)
         return self.table(chunk, norms, scores)
+
+
+def _cast_ids(chunk: Chunk, id_type):
+    import pyarrow as pa
+
+    try:
+        return chunk.ids.cast(id_type)
+    except (pa.ArrowException, ValueError) as exc:
+        raise ShardError(chunk.shard, f"its ids of type {chunk.ids.type} cannot be written as {id_type}: {exc}") from exc
 
 
 def views_tensor(chunk: Chunk):
@@ -224,21 +238,43 @@ class JobPlan:
 
 
 def plan_job(config: ScoreConfig) -> JobPlan:
-    """Load the calibration, open and validate every shard, open (or resume) the manifest."""
+    """Load the calibration, open and validate every shard, open (or resume) the manifest.
+
+    Everything that can refuse the job (settings that differ from the job already in OUT, a
+    bad shard without --skip-bad-shards) is checked before anything in OUT is touched.
+    """
     calibration = load_calibration(config)
     p = resolve_p(config, calibration)
-    scorer = ChunkScorer(config.stat, p, calibration, config.write_norms)
     paths = discover_shards(config.embeddings)
-    os.makedirs(config.out, exist_ok=True)
+    shards, errors = _open_shards(paths, calibration)
+    id_type = common_id_type(shards)
+    scorer = ChunkScorer(config.stat, p, calibration, config.write_norms, id_type)
+    settings = job_settings(config, calibration, p, id_type)
+    manifest = Manifest.open(os.path.join(config.out, "manifest.json"), settings, overwrite=config.overwrite)
+    for shard in shards:
+        manifest.begin_shard(shard.path, shard.n_rows, shard.size)
+    if errors and not config.skip_bad_shards:
+        first, *others = errors.values()
+        more = "".join(f"\n  also bad: {e}" for e in others)
+        raise ShardError(first.shard, f"{first.problem} (fix it, or pass --skip-bad-shards to record bad shards and go on){more}")
+    # The job goes ahead: from here on OUT changes.
     scores_dir = os.path.join(config.out, "scores")
+    os.makedirs(config.out, exist_ok=True)
     if config.overwrite:
         _clear_outputs(config.out, scores_dir)
     os.makedirs(scores_dir, exist_ok=True)
     for folder in (config.out, scores_dir):  # left by a run killed mid-write
         _remove_temporaries(folder)
     _remove(os.path.join(config.out, "_SUCCESS"))
-    manifest = Manifest.open(os.path.join(config.out, "manifest.json"), job_settings(config, calibration, p))
     manifest.complete = False
+    for path, exc in errors.items():
+        for part in manifest.mark_bad(path, exc.problem):
+            _remove(os.path.join(scores_dir, part))
+    manifest.save()
+    return JobPlan(config, scorer, manifest, shards, scores_dir)
+
+
+def _open_shards(paths: List[str], calibration) -> Tuple[List[Shard], Dict[str, ShardError]]:
     shards, errors = [], {}
     for path in paths:
         try:
@@ -247,19 +283,21 @@ def plan_job(config: ScoreConfig) -> JobPlan:
                 raise ShardError(path, f"has D={shard.d}, but the calibration was fitted on D={calibration.dim}")
             if shard.n_rows == 0:
                 raise ShardError(path, "is empty (0 rows)")
-            manifest.begin_shard(path, shard.n_rows, shard.size)
             shards.append(shard)
         except ShardError as exc:
             errors[path] = exc
-    if errors and not config.skip_bad_shards:
-        first, *others = errors.values()
-        more = "".join(f"\n  also bad: {e}" for e in others)
-        raise ShardError(first.shard, f"{first.problem} (fix it, or pass --skip-bad-shards to record bad shards and go on){more}")
-    for path, exc in errors.items():
-        for part in manifest.mark_bad(path, exc.problem):
-            _remove(os.path.join(scores_dir, part))
-    manifest.save()
-    return JobPlan(config, scorer, manifest, shards, scores_dir)
+    return shards, errors
+
+
+def common_id_type(shards: List[Shard]):
+    """The one type of the ``id`` column of every part: the shards' id type when they agree,
+    string when they differ, None (no ``id`` column) when no shard has ids."""
+    import pyarrow as pa
+
+    types = {s.id_type for s in shards if s.id_type is not None}
+    if not types:
+        return None
+    return types.pop() if len(types) == 1 else pa.string()
 
 
 def finish_job(plan: JobPlan) -> Dict[str, object]:

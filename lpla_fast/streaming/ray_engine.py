@@ -25,11 +25,11 @@ from .shards import ShardError, open_shard
 class _ScoreChunks:
     """Ray Data UDF: read, score and write the chunks of a batch; returns commit records."""
 
-    def __init__(self, stat, p, calibration_dict, write_norms, scores_dir, device):
+    def __init__(self, stat, p, calibration_dict, write_norms, id_type, scores_dir, device):
         from ..calibration import LpLACalibration
 
         calibration = LpLACalibration.from_dict(calibration_dict) if calibration_dict else None
-        self.scorer = ChunkScorer(stat, p, calibration, write_norms)
+        self.scorer = ChunkScorer(stat, p, calibration, write_norms, id_type)
         self.scores_dir, self.device = scores_dir, device
         self.shards = {}  # opened once per actor
 
@@ -92,6 +92,7 @@ def _run(plan: JobPlan, config: ScoreConfig) -> None:
             p=plan.scorer.p,
             calibration_dict=calibration.to_dict() if calibration is not None else None,
             write_norms=plan.scorer.write_norms,
+            id_type=plan.scorer.id_type,
             scores_dir=os.path.abspath(plan.scores_dir),
             device="cuda" if gpu else "cpu",
         ),
