@@ -285,3 +285,15 @@ def test_workers_and_resumption_give_the_same_output(tmp_path, encoder_dir, cali
     summary, _ = score(tmp_path, encoder_dir, src, out="out", calib=calib_path)
     assert summary["complete"]
     assert read_scores(out).equals(read_scores(reference))
+
+
+def test_cli_refuses_bad_image_flags_with_one_line(tmp_path, encoder_dir, calib_path, capsys):
+    from lpla_fast.cli import main
+
+    np.save(tmp_path / "a.npy", random_images(8))
+    base = ["score", "--calibration", calib_path, "--images", str(tmp_path / "a.npy"), "--out", str(tmp_path / "o")]
+    assert main(base) == 2 and "--images needs --encoder" in capsys.readouterr().err
+    assert main(base + ["--encoder", encoder_dir, "--batch-rows", "50"]) == 2
+    assert "multiple of 32" in capsys.readouterr().err
+    assert main(base + ["--encoder", str(tmp_path / "nothing")]) == 2
+    assert "--encoder" in capsys.readouterr().err and not os.path.exists(tmp_path / "o")

@@ -96,7 +96,7 @@ def run_images(args) -> int:
     try:
         config = ScoreConfig(out=args.out, images=args.images, encoder=args.checkpoint, output=args.output, K=args.K,
                              view_seed=args.seed, stat="norm", write_embeddings=True, batch_rows=args.batch_rows,
-                             workers=args.workers, device=args.device or "cpu", engine=args.engine,
+                             workers=args.workers, forward_batch=args.batch_size, device=args.device or "cpu", engine=args.engine,
                              address=args.address, skip_bad_shards=args.skip_bad_shards, overwrite=args.overwrite,
                              progress=not args.no_progress)
     except ValueError as exc:

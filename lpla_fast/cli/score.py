@@ -50,6 +50,8 @@ def add_image_arguments(parser) -> None:
     parser.add_argument("--view-seed", type=int, default=0, help="with --images: seed of the random views (default 0)")
     parser.add_argument("--workers", type=int, default=1,
                         help="with --images: processes that decode images and draw views (default 1; 0: none)")
+    parser.add_argument("--forward-batch", type=int, default=512,
+                        help="with --images: views per forward pass (default 512; whole blocks of 32 images)")
 
 
 def run(args) -> int:
@@ -64,6 +66,7 @@ def run(args) -> int:
             K=args.K,
             view_seed=args.view_seed,
             workers=args.workers,
+            forward_batch=args.forward_batch,
             write_embeddings=args.write_embeddings,
             out=args.out,
             calibration=args.calibration,

@@ -22,7 +22,7 @@ class ScoreConfig:
 
     The input is either `embeddings` (a glob or folder of embedding shards) or `images` (an
     image source, see `images`) with the `encoder` folder to embed them with: `output`,
-    `K`, `view_seed`, `workers` and `write_embeddings` apply to images only. `batch_rows`
+    `K`, `view_seed`, `workers`, `write_embeddings` and `forward_batch` apply to images only. `batch_rows`
     None picks the default of the input kind.
     """
 
@@ -46,6 +46,7 @@ class ScoreConfig:
     view_seed: int = 0
     workers: int = 1
     write_embeddings: bool = False
+    forward_batch: int = 512  # views per forward pass (rounded to whole blocks of 32 images)
 
     def __post_init__(self):
         if (self.embeddings is None) == (self.images is None):
@@ -67,6 +68,8 @@ class ScoreConfig:
                              f"(views are drawn per block of {RANDOM_BLOCK} images), got {self.batch_rows}")
         if int(self.K) != self.K or self.K < 1:
             raise ValueError(f"--K must be an integer >= 1, got {self.K}")
+        if self.forward_batch < 1:
+            raise ValueError(f"--forward-batch must be >= 1, got {self.forward_batch}")
         if self.workers < 0:
             raise ValueError(f"--workers must be >= 0, got {self.workers}")
         if self.p is not None and (math.isnan(self.p) or self.p <= 0):

@@ -130,20 +130,17 @@ def run_local(config: ScoreConfig) -> Dict[str, object]:
     commits: queue.Queue = queue.Queue(maxsize=2)
     write_errors: list = []
     pool = _PinnedPool(3) if cuda else None
-    reader = threading.Thread(target=_reader, args=(plan, chunks, stop, pool), daemon=True, name="lpla-reader")
+    # Worker processes already read ahead: their DataLoader is iterated here, not in a thread.
+    workers = config.images is not None and config.workers > 0
+    if not workers:
+        threading.Thread(target=_reader, args=(plan, chunks, stop, pool), daemon=True, name="lpla-reader").start()
     writer = threading.Thread(target=_writer, args=(plan, commits, write_errors), daemon=True, name="lpla-writer")
     bar = _progress(plan)
-    reader.start()
     writer.start()
     t0, nbytes, bad = time.perf_counter(), 0, set()
+    items = ((shard, chunk, None) for shard, chunk in plan.source.stream(plan.pending())) if workers else _queued(chunks)
     try:
-        while True:
-            item = chunks.get()
-            if item is _DONE:
-                break
-            if isinstance(item, BaseException):
-                raise item
-            shard, chunk, staged = item
+        for shard, chunk, staged in items:
             if shard.path in bad:
                 if staged is not None:
                     pool.free.put(staged[1])
@@ -174,6 +171,17 @@ def run_local(config: ScoreConfig) -> Dict[str, object]:
     if write_errors:
         raise write_errors[0]
     return finish_job(plan)
+
+
+def _queued(chunks: queue.Queue):
+    """The reader thread's items, until it is done; its error is raised here."""
+    while True:
+        item = chunks.get()
+        if item is _DONE:
+            return
+        if isinstance(item, BaseException):
+            raise item
+        yield item
 
 
 def _score(plan: JobPlan, chunk, staged, pool, device: str):

@@ -166,5 +166,6 @@ def make_scorer(config, calibration, p: float, id_type=None, encoder=None):
     chunks = ChunkScorer(config.stat, p, calibration, config.write_norms, id_type, paths=config.images is not None)
     if config.images is None:
         return chunks
-    forward_rows = max(32, (512 // config.K) // 32 * 32)  # query_views' batches of 512 views
+    # As query_views batches: whole blocks of 32 images, about forward_batch views in all.
+    forward_rows = max(32, (config.forward_batch // config.K) // 32 * 32)
     return EncoderScorer(encoder, chunks, config.output, config.K, config.write_embeddings, forward_rows)
