@@ -297,3 +297,40 @@ def test_cli_refuses_bad_image_flags_with_one_line(tmp_path, encoder_dir, calib_
     assert "multiple of 32" in capsys.readouterr().err
     assert main(base + ["--encoder", str(tmp_path / "nothing")]) == 2
     assert "--encoder" in capsys.readouterr().err and not os.path.exists(tmp_path / "o")
+
+
+def test_kill9_mid_run_then_rerun_scores_every_image_exactly_once(tmp_path, encoder_dir, calib_path):
+    import signal
+    import time
+
+    src = tmp_path / "src"
+    src.mkdir()
+    np.save(src / "a.npy", random_images(320, seed=8))
+    write_tar(src / "b.tar", random_images(64, seed=9))
+    _, reference = score(tmp_path, encoder_dir, src, out="reference", calib=calib_path)
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "lpla_fast", "score", "--calibration", calib_path, "--encoder", encoder_dir,
+            "--images", str(src), "--K", str(K), "--batch-rows", "32", "--no-progress", "--out", str(out)]
+    proc = subprocess.Popen(args, env=dict(os.environ, LPLA_SCORE_CHUNK_DELAY="0.3"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+    def committed():
+        try:
+            shards = json.load(open(out / "manifest.json"))["shards"]
+        except (OSError, ValueError, KeyError):
+            return 0
+        return sum(len(e.get("parts", {})) for e in shards.values())
+
+    deadline = time.time() + 120
+    while committed() < 3 and time.time() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 3 <= committed() < 12, "the kill must land mid-run"
+    assert not os.path.exists(out / "_SUCCESS")
+    rerun = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    table = read_scores(str(out))
+    assert table.num_rows == 384 and len(set(zip(table.column("shard").to_pylist(), table.column("row").to_pylist()))) == 384
+    assert table.equals(read_scores(reference))
