@@ -158,9 +158,10 @@ def run_local(config: ScoreConfig) -> Dict[str, object]:
             commits.put(("part", chunk, table, embeddings))
             if write_errors:
                 raise write_errors[0]
-            nbytes += chunk.nbytes
             bar.update(chunk.stop - chunk.start)
-            bar.set_postfix_str(f"{nbytes / 1e9 / max(time.perf_counter() - t0, 1e-9):.3g} GB/s", refresh=False)
+            if config.images is None:  # the bar's own rate is images/s for images
+                nbytes += chunk.nbytes
+                bar.set_postfix_str(f"{nbytes / 1e9 / max(time.perf_counter() - t0, 1e-9):.3g} GB/s", refresh=False)
             if delay:
                 time.sleep(delay)
     finally:
