@@ -6,7 +6,7 @@
 # $OUT (default: ${TMPDIR:-/tmp}/lpla_gpu_check).
 #
 #   scripts/gpu_check.sh            # TORCH_CUDA_ARCH_LIST defaults to 9.0 (H100/H200)
-#   STEPS="bench score" scripts/gpu_check.sh   # a subset of: reference tests bench score
+#   STEPS="bench score" scripts/gpu_check.sh   # a subset of: reference tests bench score images
 set -uo pipefail
 set -x
 cd "$(dirname "$0")/.."
@@ -16,7 +16,7 @@ PY="${PYTHON:-python3}"
 export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" LPLA_FORCE_CUDA=1
 export MAX_JOBS="${MAX_JOBS:-$(nproc)}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-STEPS=" ${STEPS:-reference tests bench score} "
+STEPS=" ${STEPS:-reference tests bench score images} "
 step() { [[ "$STEPS" == *" $1 "* ]]; }
 status=0
 stamp() { echo "[gpu_check] $(date -u +%H:%M:%S) +$((SECONDS))s: $*" | tee -a "$OUT/summary.txt"; }
@@ -152,5 +152,15 @@ if step score && "$PY" -c "import pytest_benchmark, pyarrow" 2>/dev/null; then
     --benchmark-json="$OUT/bench_score_cuda.json" --benchmark-columns=median,min,max 2>&1 | tail -30 | tee "$OUT/bench_score_cuda.txt"
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
   stamp "score job benchmark done (status=$status)"
+fi
+
+# 5. The image job on the GPU (views pinned by the DataLoader, fused tail) against the forward
+#    pass alone and the plain torch pipeline.
+if step images && "$PY" -c "import pytest_benchmark, pyarrow, PIL" 2>/dev/null; then
+  LPLA_BENCH_IMAGES_DEVICE=cuda \
+    "$PY" -m pytest bench/bench_images.py --benchmark-only -s -q -p no:cacheprovider -k "not rss" \
+    --benchmark-json="$OUT/bench_images_cuda.json" --benchmark-columns=median,min,max 2>&1 | tail -30 | tee "$OUT/bench_images_cuda.txt"
+  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+  stamp "image job benchmark done (status=$status)"
 fi
 exit $status

@@ -129,6 +129,71 @@ def test_rerun_with_another_calibration_is_refused(tmp_path, calib_path):
     assert summary["complete"]
 
 
+def test_pandas_sees_one_table_with_null_ids_where_a_shard_has_none(tmp_path, calib_path):
+    import pandas as pd
+
+    folder = tmp_path / "emb"
+    arrays = make_npy_shards(folder, n_shards=1, rows=100)  # shard-00.npy: no ids, read first
+    x = np.random.default_rng(3).standard_normal((60, K, D)).astype(np.float32)
+    write_parquet(folder / "shard-01.parquet", x, [f"img-{i}" for i in range(60)])
+    _, out = run(tmp_path, calib_path, str(folder / "*"))
+
+    frame = pd.read_parquet(os.path.join(out, "scores"))
+    assert list(frame.columns) == ["shard", "row", "id", "score"]
+    frame = frame.sort_values(["shard", "row"])
+    assert frame["id"].isna().tolist() == [True] * 100 + [False] * 60
+    assert frame["id"].tolist()[100:] == [f"img-{i}" for i in range(60)]
+    _, scores = expected_scores([arrays[0], x], ["shard-00.npy", "shard-01.parquet"])
+    np.testing.assert_array_equal(frame["score"].to_numpy(), scores)
+    schemas = {str(pq.read_schema(os.path.join(out, "scores", n))) for n in os.listdir(os.path.join(out, "scores"))}
+    assert len(schemas) == 1
+
+
+def test_integer_and_string_ids_are_written_as_strings(tmp_path, calib_path):
+    folder = tmp_path / "emb"
+    make_npy_shards(folder, n_shards=1, rows=10)
+    np.save(folder / "shard-00.ids.npy", np.arange(10, dtype=np.int32))
+    write_parquet(folder / "shard-01.parquet", np.ones((5, K, D), np.float32), [f"p{i}" for i in range(5)])
+    _, out = run(tmp_path, calib_path, str(folder / "*"))
+    table = read_scores(out)
+    assert table.schema.field("id").type == pa.string()
+    assert table.column("id").to_pylist() == [str(i) for i in range(10)] + [f"p{i}" for i in range(5)]
+
+
+def _snapshot(folder):
+    """Every file under folder: its bytes and modification time."""
+    files = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(root, name)
+            files[os.path.relpath(path, folder)] = (open(path, "rb").read(), os.stat(path).st_mtime_ns)
+    return files
+
+
+def test_a_refused_rerun_changes_nothing_on_disk(tmp_path, calib_path):
+    make_npy_shards(tmp_path / "emb", n_shards=2)
+    _, out = run(tmp_path, calib_path, str(tmp_path / "emb" / "*.npy"))
+    before = _snapshot(out)
+    assert "_SUCCESS" in before
+    other = tmp_path / "other.json"
+    calibration(mean_in=0.5).save(other)
+    with pytest.raises(ValueError, match="other settings"):
+        run(tmp_path, str(other), str(tmp_path / "emb" / "*.npy"))
+    _bad_truncated(tmp_path / "emb")
+    with pytest.raises(ShardError, match="shard-01.npy"):
+        run(tmp_path, calib_path, str(tmp_path / "emb" / "*.npy"))
+    assert _snapshot(out) == before
+    assert json.load(open(os.path.join(out, "manifest.json")))["complete"]
+
+
+def test_a_refused_first_run_creates_no_output_folder(tmp_path, calib_path):
+    make_npy_shards(tmp_path / "emb", n_shards=2)
+    _bad_truncated(tmp_path / "emb")
+    with pytest.raises(ShardError):
+        run(tmp_path, calib_path, str(tmp_path / "emb" / "*.npy"))
+    assert not os.path.exists(tmp_path / "out")
+
+
 # --- kill -9 and resume ------------------------------------------------------------------
 
 

@@ -1,8 +1,14 @@
-"""`lpla embed`: write the (N, K, D) float32 view embeddings of one split to a .npy file.
+"""`lpla embed`: write the (N, K, D) float32 view embeddings of one split to a .npy file, or of
+every image of an image source to .npy shards.
 
-The dataset and splits come from the run folder written by `lpla train` (run.json, splits.json);
---splits takes the splits from another run, so that a shadow encoder can embed the target's
-splits and vice versa.
+With --split, the dataset and splits come from the run folder written by `lpla train` (run.json,
+splits.json); --splits takes the splits from another run, so that a shadow encoder can embed the
+target's splits and vice versa.
+
+With --images SOURCE (the sources of `lpla score --images`), --out is a folder: the job of
+`lpla score --images --write-embeddings --stat norm` runs (resumable, --engine ray too) and
+OUT/embeddings/ holds one (n, K, D) .npy shard per chunk, with an .ids.npy naming each row;
+`lpla score --embeddings OUT/embeddings` then gives the scores of the one-step job.
 """
 
 from __future__ import annotations
@@ -17,23 +23,35 @@ from . import OUTPUTS
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("embed", help="embed K views of each image of a split",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="run folder written by `lpla train`")
-    p.add_argument("--split", required=True, choices=SPLIT_NAMES, help="which split to embed")
+    p.add_argument("--checkpoint", "--encoder", dest="checkpoint", required=True, help="run folder written by `lpla train`")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--split", choices=SPLIT_NAMES, help="which split to embed")
+    source.add_argument("--images", help="image source (as for `lpla score --images`); --out is then a folder")
     p.add_argument("--K", type=int, default=8, help="views per image (default 8)")
-    p.add_argument("--out", required=True, help="output .npy file")
+    p.add_argument("--out", required=True, help="output .npy file (a folder with --images)")
     p.add_argument("--output", choices=OUTPUTS, default="backbone", metavar="OUTPUT",
                    help="released representation, of %(choices)s: backbone embedding (default) or projection head")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random views")
+    p.add_argument("--seed", "--view-seed", dest="seed", type=int, default=0, help="seed of the random views")
     p.add_argument("--policy", default="default", help="view policy (default: the training one)")
     p.add_argument("--no-clean", action="store_true", help="do not make view 1 the unaugmented image")
     p.add_argument("--splits", default=None, help="splits.json to use instead of the run folder's")
     p.add_argument("--data-root", default=None, help="override the data root recorded in run.json")
     p.add_argument("--batch-size", type=int, default=512, help="views per forward pass")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cpu)")
+    images = p.add_argument_group("with --images")
+    images.add_argument("--batch-rows", type=int, default=None, help="images per chunk and per shard written (default 256)")
+    images.add_argument("--workers", type=int, default=1, help="processes that decode images and draw views")
+    images.add_argument("--engine", choices=("local", "ray"), default="local")
+    images.add_argument("--address", help="Ray cluster address for --engine ray")
+    images.add_argument("--skip-bad-shards", action="store_true", help="record bad shards in the manifest and go on")
+    images.add_argument("--overwrite", action="store_true", help="discard a previous job's outputs in --out")
+    images.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    if args.images is not None:
+        return run_images(args)
     import json
     import os
 
@@ -64,3 +82,25 @@ def run(args) -> int:
     replace_atomically(args.out, lambda tmp: np.save(tmp, array))
     print(json.dumps({"out": args.out, "split": args.split, "shape": list(views.shape)}))
     return 0
+
+
+def run_images(args) -> int:
+    import sys
+
+    from ..streaming import ScoreConfig
+    from .score import run_job
+
+    if args.policy != "default" or args.no_clean or args.splits or args.data_root:
+        print("lpla embed: error: --images takes the encoder's view policy with view 1 the clean image "
+              "(no --policy, --no-clean, --splits, --data-root)", file=sys.stderr)
+        return 2
+    try:
+        config = ScoreConfig(out=args.out, images=args.images, encoder=args.checkpoint, output=args.output, K=args.K,
+                             view_seed=args.seed, stat="norm", write_embeddings=True, batch_rows=args.batch_rows,
+                             workers=args.workers, forward_batch=args.batch_size, device=args.device or "cpu", engine=args.engine,
+                             address=args.address, skip_bad_shards=args.skip_bad_shards, overwrite=args.overwrite,
+                             progress=not args.no_progress)
+    except ValueError as exc:
+        print(f"lpla embed: error: {exc}", file=sys.stderr)
+        return 2
+    return run_job(config, "lpla embed")

@@ -1,4 +1,5 @@
-"""`lpla score`: stream sharded embeddings through the fused LpLA (or Lp-norm) op into Parquet."""
+"""`lpla score`: stream sharded embeddings, or images through an encoder, into the fused LpLA (or
+Lp-norm) op and Parquet."""
 
 from __future__ import annotations
 
@@ -9,17 +10,25 @@ import sys
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "score",
-        help="score sharded embeddings with a saved LpLA calibration (resumable)",
+        help="score sharded embeddings or images with a saved LpLA calibration (resumable)",
         description=(
-            "Score every row of .npy / Parquet embedding shards with the fused LpLA op (or plain "
-            "Lp-norms) and write ids and scores to OUT/scores/part-*.parquet. Interrupted jobs "
-            "resume from OUT/manifest.json when rerun with the same command."
+            "Score every row of .npy / Parquet embedding shards, or every image of an image source "
+            "embedded by --encoder in K views, with the fused LpLA op (or plain Lp-norms), and write "
+            "sample locations and scores to OUT/scores/part-*.parquet. Interrupted jobs resume from "
+            "OUT/manifest.json when rerun with the same command."
         ),
     )
     parser.add_argument("--calibration", help="LpLA calibration JSON saved by `lpla attack` (needed for --stat lpla)")
-    parser.add_argument("--embeddings", required=True, help="glob (quote it) or folder of .npy / .parquet shards")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--embeddings", help="glob (quote it) or folder of .npy / .parquet embedding shards")
+    source.add_argument("--images", help="image source: an ImageFolder tree, or a glob / folder of uint8 .npy "
+                                         "(N, H, W, C), Parquet (an 'image' bytes column) or WebDataset .tar shards")
     parser.add_argument("--out", required=True, help="output folder (scores/, manifest.json, _SUCCESS)")
-    parser.add_argument("--batch-rows", type=int, default=None, help="rows per chunk and per output part (default 131072)")
+    add_image_arguments(parser)
+    parser.add_argument("--write-embeddings", action="store_true",
+                        help="with --images: also keep the (n, K, D) view embeddings in OUT/embeddings/")
+    parser.add_argument("--batch-rows", type=int, default=None,
+                        help="rows per chunk and per output part (default 131072; 256 images with --images)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default cpu)")
     parser.add_argument("--engine", choices=("local", "ray"), default="local")
     parser.add_argument("--address", help="Ray cluster address for --engine ray (default: start a local one)")
@@ -32,18 +41,38 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
+def add_image_arguments(parser) -> None:
+    """The flags of an image job, shared by `lpla score` and `lpla embed`."""
+    parser.add_argument("--encoder", help="with --images: encoder folder (written by `lpla train`)")
+    parser.add_argument("--output", choices=("backbone", "head"), default="backbone",
+                        help="with --images: released representation, backbone (default) or projection head")
+    parser.add_argument("--K", type=int, default=8, help="with --images: views per image, view 1 the clean image (default 8)")
+    parser.add_argument("--view-seed", type=int, default=0, help="with --images: seed of the random views (default 0)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="with --images: processes that decode images and draw views (default 1; 0: none)")
+    parser.add_argument("--forward-batch", type=int, default=512,
+                        help="with --images: views per forward pass (default 512; whole blocks of 32 images)")
+
+
 def run(args) -> int:
-    from ..streaming import ScoreConfig, ShardError, score_shards
-    from ..streaming.job import DEFAULT_BATCH_ROWS
+    from ..streaming import ScoreConfig
 
     try:
         config = ScoreConfig(
             embeddings=args.embeddings,
+            images=args.images,
+            encoder=args.encoder,
+            output=args.output,
+            K=args.K,
+            view_seed=args.view_seed,
+            workers=args.workers,
+            forward_batch=args.forward_batch,
+            write_embeddings=args.write_embeddings,
             out=args.out,
             calibration=args.calibration,
             stat=args.stat,
             p=args.p,
-            batch_rows=args.batch_rows or DEFAULT_BATCH_ROWS,
+            batch_rows=args.batch_rows,
             device=args.device,
             engine=args.engine,
             address=args.address,
@@ -52,11 +81,22 @@ def run(args) -> int:
             overwrite=args.overwrite,
             progress=not args.no_progress,
         )
+    except ValueError as exc:
+        print(f"lpla score: error: {exc}", file=sys.stderr)
+        return 2
+    return run_job(config, "lpla score")
+
+
+def run_job(config, command: str) -> int:
+    """Run a job, print its summary; a refused job is one line on stderr and exit status 2."""
+    from ..streaming import ShardError, score_shards
+
+    try:
         summary = score_shards(config)
     except (ShardError, ValueError, FileNotFoundError) as exc:
-        print(f"lpla score: error: {exc}", file=sys.stderr)
+        print(f"{command}: error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(summary, indent=1))
     if summary["bad_shards"]:
-        print(f"lpla score: {len(summary['bad_shards'])} bad shards skipped (see {args.out}/manifest.json)", file=sys.stderr)
+        print(f"{command}: {len(summary['bad_shards'])} bad shards skipped (see {config.out}/manifest.json)", file=sys.stderr)
     return 0

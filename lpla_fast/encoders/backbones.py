@@ -3,8 +3,12 @@ releases and what the attacks query by default."""
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
+
+from .pooling import GlobalAvgPool
 
 BACKBONES = ("small_cnn", "resnet18", "resnet50", "vit_small")
 DEFAULT_WIDTH = {"small_cnn": 32, "resnet18": 64, "resnet50": 64, "vit_small": 192}
@@ -12,7 +16,10 @@ DEFAULT_WIDTH = {"small_cnn": 32, "resnet18": 64, "resnet50": 64, "vit_small": 1
 
 class SmallCNN(nn.Module):
     """Four 3x3 conv + BatchNorm + ReLU blocks (width w, 2w, 4w, 4w; two stride-2), then global
-    average pooling: a 4w-dimensional embedding that trains on a CPU in seconds."""
+    average pooling: a 4w-dimensional embedding that trains on a CPU in seconds.
+
+    `feature_map(x)` is the last feature map (B, 4w, H/4, W/4) and `pool` the pooling, so that
+    a scoring job can fuse the pooling with the scoring (see `pooling`)."""
 
     def __init__(self, width: int = 32, in_channels: int = 3):
         super().__init__()
@@ -23,23 +30,58 @@ class SmallCNN(nn.Module):
             layers += [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
                        nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
         self.features = nn.Sequential(*layers)
+        self.pool = GlobalAvgPool()
         self.out_dim = 4 * width
 
+    def feature_map(self, x):
+        return self.features(x)
+
     def forward(self, x):
-        return self.features(x).mean(dim=(2, 3))
+        return self.pool(self.features(x))
 
 
 def resnet_cifar(name: str) -> nn.Module:
     """torchvision ResNet with the CIFAR stem (3x3 stride-1 first conv, no max-pool) and no
     classifier; parameter names match torchvision's, as solo-learn and lightly checkpoints use."""
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+
+    block, layers = {"resnet18": (BasicBlock, [2, 2, 2, 2]), "resnet50": (Bottleneck, [3, 4, 6, 3])}[name]
+    return _resnet_class()(block, layers)
+
+
+@functools.lru_cache(maxsize=None)
+def _resnet_class():
+    # Defined on first use: importing torchvision costs a second that most commands do not need.
     import torchvision
 
-    net = getattr(torchvision.models, name)(weights=None)
-    net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
-    net.maxpool = nn.Identity()
-    net.out_dim = net.fc.in_features
-    net.fc = nn.Identity()
-    return net
+    class CifarResNet(torchvision.models.ResNet):
+        """A torchvision ResNet whose `feature_map(x)` is layer4's output and whose `pool` is a
+        GlobalAvgPool (it has no weights, so the state dict is torchvision's)."""
+
+        def __init__(self, block, layers):
+            super().__init__(block, layers)
+            self.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+            self.maxpool = nn.Identity()
+            self.out_dim = self.fc.in_features
+            self.fc = nn.Identity()
+            del self.avgpool
+            self.pool = GlobalAvgPool()
+
+        def feature_map(self, x):
+            x = self.relu(self.bn1(self.conv1(x)))
+            return self.layer4(self.layer3(self.layer2(self.layer1(self.maxpool(x)))))
+
+        def forward(self, x):
+            return self.pool(self.feature_map(x))
+
+    CifarResNet.__module__, CifarResNet.__qualname__ = __name__, "CifarResNet"
+    return CifarResNet
+
+
+def __getattr__(name):  # `backbones.CifarResNet`, also for unpickling
+    if name == "CifarResNet":
+        return _resnet_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def vit_small(width: int, image_size: int) -> nn.Module:

@@ -1,17 +1,20 @@
-"""Streaming, resumable scoring of sharded embedding files (`lpla score`).
+"""Streaming, resumable scoring of sharded embeddings or images (`lpla score`).
 
 `score_shards(ScoreConfig(...))` runs a job on the local engine or on Ray and returns a
-summary; the outputs and the manifest are described in `lpla_fast.streaming.job`.
+summary. The job (`job`: plan, manifest, output folder) reads chunks from a source
+(`sources`: embedding shards, `images`: image sources) and turns them into output tables
+with a scorer (`scorer`: the encoder's forward pass and the fused ops).
 """
 
-from .job import ScoreConfig, read_scores
+from .config import ScoreConfig
+from .job import read_scores
 from .shards import ShardError, discover_shards, open_shard, save_bf16_npy
 
 __all__ = ["ScoreConfig", "ShardError", "discover_shards", "open_shard", "read_scores", "save_bf16_npy", "score_shards"]
 
 
 def score_shards(config: ScoreConfig) -> dict:
-    """Score every row of config.embeddings into config.out, resuming a previous run."""
+    """Score every row of config's input into config.out, resuming a previous run."""
     if config.engine == "ray":
         from .ray_engine import run_ray
 

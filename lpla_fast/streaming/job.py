@@ -1,12 +1,19 @@
-"""What both engines share: the job's settings, its plan, chunk scoring and part files.
+"""The job: its plan, its manifest and its output folder, shared by both engines.
 
-Output layout of a job in OUT:
+A job reads chunks from a source (`sources`: embedding shards or images), turns each into
+an output table with a scorer (`scorer`: the arithmetic), and commits it here. Output layout
+of a job in OUT:
 
 * ``OUT/scores/part-<shard>-<start>-<stop>.parquet``: one part per chunk of rows, columns
   ``shard`` (dictionary-encoded string: the shard's file name) and ``row`` (int64: the row
-  in that shard), which together name every sample; ``id`` when the shard has sample ids
-  (a sidecar ``.ids.npy`` or a Parquet id column); ``score`` (float64); and, with
-  ``write_norms``, ``norms`` (fixed_size_list<float32, K>, the per-view Lp-norms);
+  in that shard), which together name every sample; ``id`` when any shard has sample ids
+  (a sidecar ``.ids.npy`` or a Parquet id column; null in the parts of a shard without ids);
+  ``path`` for image sources (the image's path where it has one, else null); ``score``
+  (float64); and, with ``write_norms``, ``norms`` (fixed_size_list<float32, K>, the per-view
+  Lp-norms). Every part has the same schema;
+* with ``write_embeddings`` (images), ``OUT/embeddings/part-<shard>-<start>-<stop>.npy``:
+  the chunk's (n, K, D) float32 view embeddings, and ``.ids.npy`` beside it naming each row
+  (its path, else ``<shard>:<row>``); `lpla score --embeddings OUT/embeddings` reads them;
 * ``OUT/manifest.json``: which parts are committed (see `manifest`), which shards were bad;
 * ``OUT/_SUCCESS``: written once every shard is scored or recorded as bad.
 
@@ -19,54 +26,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
-import warnings
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 from ..fileio import encode_float, write_bytes
+from .config import CHUNK_DELAY_ENV, DEFAULT_BATCH_ROWS, ENGINES, STATS, ScoreConfig  # noqa: F401 (re-exported)
 from .manifest import Manifest
-from .shards import Chunk, Shard, ShardError, discover_shards, open_shard, shard_key
-
-STATS = ("lpla", "norm")
-ENGINES = ("local", "ray")
-DEFAULT_BATCH_ROWS = 131072
-CHUNK_DELAY_ENV = "LPLA_SCORE_CHUNK_DELAY"  # seconds to sleep per chunk; lets tests kill a run mid-way
-
-
-@dataclass
-class ScoreConfig:
-    """Settings of one `lpla score` job (the CLI flags, one to one)."""
-
-    embeddings: str
-    out: str
-    calibration: Optional[str] = None
-    stat: str = "lpla"
-    p: Optional[float] = None
-    batch_rows: int = DEFAULT_BATCH_ROWS
-    device: str = "cpu"
-    engine: str = "local"
-    address: Optional[str] = None
-    skip_bad_shards: bool = False
-    write_norms: bool = False
-    overwrite: bool = False
-    progress: bool = True
-
-    def __post_init__(self):
-        if self.stat not in STATS:
-            raise ValueError(f"--stat must be one of {STATS}, got {self.stat!r}")
-        if self.engine not in ENGINES:
-            raise ValueError(f"--engine must be one of {ENGINES}, got {self.engine!r}")
-        if self.batch_rows < 1:
-            raise ValueError(f"--batch-rows must be >= 1, got {self.batch_rows}")
-        if self.p is not None and (math.isnan(self.p) or self.p <= 0):
-            raise ValueError(f"--p must be in (0, inf], got {self.p}")
-        if self.stat == "lpla" and self.calibration is None:
-            raise ValueError("--stat lpla needs --calibration (a file saved by `lpla attack`)")
-        if not (self.device == "cpu" or self.device.startswith("cuda")):
-            raise ValueError(f"--device must be cpu or cuda[:i], got {self.device!r}")
-
+from .scorer import views_tensor  # noqa: F401 (re-exported)
+from .shards import Chunk, ShardError, shard_key
+from .sources import make_source
 
 def load_calibration(config: ScoreConfig):
     if config.calibration is None:
@@ -88,93 +57,46 @@ def resolve_p(config: ScoreConfig, calibration) -> float:
     return calibration.p if calibration is not None else 2.0
 
 
-def job_settings(config: ScoreConfig, calibration, p: float) -> dict:
+def job_settings(config: ScoreConfig, calibration, p: float, id_type=None, encoder=None) -> dict:
     """What a resumed run must share with the run that started the output folder."""
     digest = None
     if calibration is not None and config.stat == "lpla":
         canonical = json.dumps(calibration.to_dict(), sort_keys=True).encode()
         digest = hashlib.sha256(canonical).hexdigest()
-    return {
+    settings = {
         "calibration_sha256": digest,
         "stat": config.stat,
         "p": encode_float(p),
         "batch_rows": config.batch_rows,
         "write_norms": config.write_norms,
+        # every part has the same columns: a rerun must not add (or retype) the id column
+        "id_type": None if id_type is None else str(id_type),
     }
+    if config.images is not None:
+        settings.update(encoder_sha256=encoder_digest(config.encoder), output=config.output, K=config.K,
+                        view_seed=config.view_seed, write_embeddings=config.write_embeddings)
+    return settings
 
 
-# --- scoring one chunk -------------------------------------------------------------------
+def encoder_digest(folder: str) -> str:
+    from ..encoders.checkpoint import CONFIG_FILE, MODEL_FILE
+
+    h = hashlib.sha256()
+    for name in (CONFIG_FILE, MODEL_FILE):
+        with open(os.path.join(folder, name), "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
 
 
-class ChunkScorer:
-    """Scores chunks of views with the fused op and turns them into output tables."""
+def load_job_encoder(config: ScoreConfig, device: str = "cpu"):
+    """The encoder of an image job, checked against the calibration's dimension."""
+    from ..encoders import load_encoder
 
-    def __init__(self, stat: str, p: float, calibration=None, write_norms: bool = False):
-        self.stat, self.p, self.calibration, self.write_norms = stat, p, calibration, write_norms
-
-    def scores(self, views):
-        """(norms (N, K), scores (N,)) of a (N, K, D) tensor, on its device."""
-        from .. import ops
-
-        if self.stat == "lpla":
-            return self.calibration.score(views)
-        norms = ops.lp_norm(views, self.p)
-        return norms, norms.mean(dim=1)
-
-    def check(self, chunk: Chunk, norms, scores) -> None:
-        """Refuse silently wrong output: NaN / Inf rows and non-finite scores name shard and row."""
-        import torch
-
-        # A NaN or Inf norm always gives a non-finite score (both statistics propagate it), so
-        # finite scores clear the chunk with one pass over N values instead of N * K.
-        if bool(torch.isfinite(scores).all()):
-            return
-        bad = ~torch.isfinite(norms).all(dim=1)
-        if bool(bad.any()):
-            rows = (torch.nonzero(bad).flatten()[:5] + chunk.start).tolist()
-            raise ShardError(chunk.shard, f"{int(bad.sum())} rows in rows {chunk.start}-{chunk.stop} hold NaN or Inf values (first: {rows})")
-        bad = ~torch.isfinite(scores)
-        if bool(bad.any()):
-            rows = (torch.nonzero(bad).flatten()[:5] + chunk.start).tolist()
-            raise ShardError(chunk.shard, f"{int(bad.sum())} rows have a non-finite score (first: {rows}); an all-zero embedding under a log-space calibration?")
-
-    def table(self, chunk: Chunk, norms, scores):
-        import numpy as np
-        import pyarrow as pa
-
-        n = chunk.stop - chunk.start
-        # Integer locations, not "<file>:<row>" strings: formatting and encoding those took
-        # as long as scoring the rows.
-        shard = pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([os.path.basename(chunk.shard)]), safe=False)
-        columns = {"shard": shard, "row": pa.array(np.arange(chunk.start, chunk.stop, dtype=np.int64))}
-        if chunk.ids is not None:
-            columns["id"] = chunk.ids
-        columns["score"] = pa.array(scores.double().numpy())
-        if self.write_norms:
-            k = norms.shape[1]
-            flat = pa.array(norms.float().reshape(-1).numpy())
-            columns["norms"] = pa.FixedSizeListArray.from_arrays(flat, k)
-        return pa.table(columns)
-
-    def score_chunk(self, chunk: Chunk, device: str = "cpu"):
-        """Score a chunk read from disk on `device`; returns its output table."""
-        views = views_tensor(chunk)
-        if device != "cpu":
-            views = views.to(device)
-        norms, scores = self.scores(views)
-        norms, scores = norms.cpu(), scores.cpu()
-        self.check(chunk, norms, scores)
-        return self.table(chunk, norms, scores)
-
-
-def views_tensor(chunk: Chunk):
-    """A torch view (no copy) of a chunk's (n, K, D) rows; bfloat16 bits are reinterpreted."""
-    import torch
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*not writable.*")  # the kernels only read
-        t = torch.from_numpy(chunk.views)
-    return t.view(torch.bfloat16) if chunk.bf16 else t
+    try:
+        return load_encoder(config.encoder, device=device)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"--encoder: {exc}") from exc
 
 
 # --- the plan and the output folder ------------------------------------------------------
@@ -184,30 +106,61 @@ def part_name(shard: str, start: int, stop: int) -> str:
     return f"part-{shard_key(shard)}-{start:012d}-{stop:012d}.parquet"
 
 
-def write_part(scores_dir: str, name: str, table) -> None:
-    """Write a part to a temporary name, then rename it: a half-written part is never visible."""
+def embedding_names(part: str) -> Tuple[str, str]:
+    """The embedding file and its id sidecar of a part (in OUT/embeddings)."""
+    stem = part[: -len(".parquet")]
+    return stem + ".npy", stem + ".ids.npy"
+
+
+def write_outputs(out: str, chunk: Chunk, table, embeddings=None) -> str:
+    """Write a chunk's part (and its embeddings first, when kept); returns the part's name.
+
+    Each file goes to a temporary name and is renamed: a half-written file is never visible.
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    name = part_name(chunk.shard, chunk.start, chunk.stop)
+    if embeddings is not None:
+        _write_embeddings(os.path.join(out, "embeddings"), name, chunk, embeddings)
     sink = pa.BufferOutputStream()
     # Only the shard column repeats: dictionary-encoding ids and scores would only cost time.
     # No compression: scores are about 1 % of the embeddings' size, and snappy took a third
     # of the time of writing a part.
     pq.write_table(table, sink, use_dictionary=["shard"], compression="none")
-    write_bytes(os.path.join(scores_dir, name), sink.getvalue().to_pybytes(), durable=True)
+    write_bytes(os.path.join(out, "scores", name), sink.getvalue().to_pybytes(), durable=True)
+    return name
+
+
+def _write_embeddings(folder: str, part: str, chunk: Chunk, embeddings) -> None:
+    import numpy as np
+
+    from ..fileio import replace_atomically
+
+    shard = os.path.basename(chunk.shard)
+    names = [p if p is not None else f"{shard}:{chunk.start + i}" for i, p in
+             enumerate(chunk.paths or [None] * (chunk.stop - chunk.start))]
+    data, ids = embedding_names(part)
+    replace_atomically(os.path.join(folder, ids), lambda tmp: np.save(tmp, np.array(names, dtype=str)))
+    replace_atomically(os.path.join(folder, data), lambda tmp: np.save(tmp, embeddings))
 
 
 @dataclass
 class JobPlan:
-    """The opened shards left to score, the manifest, and the bad shards found up front."""
+    """The opened shards left to score, their source, the scorer, the manifest, and the bad
+    shards found up front."""
 
     config: ScoreConfig
-    scorer: ChunkScorer
+    source: object
+    scorer: object
     manifest: Manifest
-    shards: List[Shard]
-    scores_dir: str
+    shards: List[object]
 
-    def pending(self) -> List[Tuple[Shard, List[Tuple[int, int]]]]:
+    @property
+    def scores_dir(self) -> str:
+        return os.path.join(self.config.out, "scores")
+
+    def pending(self) -> List[Tuple[object, List[Tuple[int, int]]]]:
         """(shard, chunks not yet committed) for every shard not yet done."""
         todo = []
         for shard in self.shards:
@@ -217,49 +170,87 @@ class JobPlan:
                 todo.append((shard, chunks))
         return todo
 
+    def commit(self, chunk: Chunk, table, embeddings=None) -> None:
+        name = write_outputs(self.config.out, chunk, table, embeddings)
+        self.manifest.commit_chunk(chunk.shard, chunk.start, chunk.stop, name)
+        self.manifest.save_if_due()
+
     def record_bad(self, shard: str, reason: str) -> None:
         for part in self.manifest.mark_bad(shard, reason):
-            _remove(os.path.join(self.scores_dir, part))
+            _remove_part(self.config.out, part)
         self.manifest.save()
 
 
-def plan_job(config: ScoreConfig) -> JobPlan:
-    """Load the calibration, open and validate every shard, open (or resume) the manifest."""
+def plan_job(config: ScoreConfig, device: Optional[str] = None) -> JobPlan:
+    """Load the calibration (and encoder), open and check every shard, open (or resume) the
+    manifest.
+
+    Everything that can refuse the job (settings that differ from the job already in OUT, a
+    bad shard without --skip-bad-shards) is checked before anything in OUT is touched.
+    """
+    from .scorer import make_scorer
+
     calibration = load_calibration(config)
     p = resolve_p(config, calibration)
-    scorer = ChunkScorer(config.stat, p, calibration, config.write_norms)
-    paths = discover_shards(config.embeddings)
-    os.makedirs(config.out, exist_ok=True)
-    scores_dir = os.path.join(config.out, "scores")
-    if config.overwrite:
-        _clear_outputs(config.out, scores_dir)
-    os.makedirs(scores_dir, exist_ok=True)
-    for folder in (config.out, scores_dir):  # left by a run killed mid-write
-        _remove_temporaries(folder)
-    _remove(os.path.join(config.out, "_SUCCESS"))
-    manifest = Manifest.open(os.path.join(config.out, "manifest.json"), job_settings(config, calibration, p))
-    manifest.complete = False
-    shards, errors = [], {}
-    for path in paths:
-        try:
-            shard = open_shard(path)
-            if calibration is not None and calibration.dim is not None and shard.d != calibration.dim:
-                raise ShardError(path, f"has D={shard.d}, but the calibration was fitted on D={calibration.dim}")
-            if shard.n_rows == 0:
-                raise ShardError(path, "is empty (0 rows)")
-            manifest.begin_shard(path, shard.n_rows, shard.size)
-            shards.append(shard)
-        except ShardError as exc:
-            errors[path] = exc
+    encoder = load_job_encoder(config, device or "cpu") if config.images is not None else None
+    if encoder is not None and calibration is not None and config.stat == "lpla":
+        calibration.check_dim(encoder.embed_dim(config.output), f"the encoder's {config.output} embeddings")
+    source = make_source(config, encoder)
+    shards, errors = _open_shards(source, calibration)
+    id_type = common_id_type(shards)
+    scorer = make_scorer(config, calibration, p, id_type, encoder)
+    settings = job_settings(config, calibration, p, id_type, encoder)
+    manifest = Manifest.open(os.path.join(config.out, "manifest.json"), settings, overwrite=config.overwrite)
+    for shard in shards:
+        manifest.begin_shard(shard.path, shard.n_rows, shard.size)
     if errors and not config.skip_bad_shards:
         first, *others = errors.values()
         more = "".join(f"\n  also bad: {e}" for e in others)
         raise ShardError(first.shard, f"{first.problem} (fix it, or pass --skip-bad-shards to record bad shards and go on){more}")
+    # The job goes ahead: from here on OUT changes.
+    folders = [config.out, os.path.join(config.out, "scores")]
+    if config.write_embeddings:
+        folders.append(os.path.join(config.out, "embeddings"))
+    for folder in folders:
+        os.makedirs(folder, exist_ok=True)
+    if config.overwrite:
+        _clear_outputs(config.out)
+    for folder in folders:  # left by a run killed mid-write
+        _remove_temporaries(folder)
+    _remove(os.path.join(config.out, "_SUCCESS"))
+    manifest.complete = False
     for path, exc in errors.items():
         for part in manifest.mark_bad(path, exc.problem):
-            _remove(os.path.join(scores_dir, part))
+            _remove_part(config.out, part)
     manifest.save()
-    return JobPlan(config, scorer, manifest, shards, scores_dir)
+    return JobPlan(config, source, scorer, manifest, shards)
+
+
+def _open_shards(source, calibration) -> Tuple[List[object], Dict[str, ShardError]]:
+    shards, errors = [], {}
+    for path in source.paths():
+        try:
+            shard = source.open(path)
+            d = getattr(shard, "d", None)  # embedding shards
+            if d is not None and calibration is not None and calibration.dim is not None and d != calibration.dim:
+                raise ShardError(path, f"has D={d}, but the calibration was fitted on D={calibration.dim}")
+            if shard.n_rows == 0:
+                raise ShardError(path, "is empty (0 rows)")
+            shards.append(shard)
+        except ShardError as exc:
+            errors[path] = exc
+    return shards, errors
+
+
+def common_id_type(shards: List[object]):
+    """The one type of the ``id`` column of every part: the shards' id type when they agree,
+    string when they differ, None (no ``id`` column) when no shard has ids."""
+    import pyarrow as pa
+
+    types = {s.id_type for s in shards if s.id_type is not None}
+    if not types:
+        return None
+    return types.pop() if len(types) == 1 else pa.string()
 
 
 def finish_job(plan: JobPlan) -> Dict[str, object]:
@@ -268,6 +259,12 @@ def finish_job(plan: JobPlan) -> Dict[str, object]:
     for name in os.listdir(plan.scores_dir):
         if name not in listed:
             _remove(os.path.join(plan.scores_dir, name))
+    embeddings_dir = os.path.join(plan.config.out, "embeddings")
+    if os.path.isdir(embeddings_dir):
+        kept = {n for part in listed for n in embedding_names(part)}
+        for name in os.listdir(embeddings_dir):
+            if name not in kept:
+                _remove(os.path.join(embeddings_dir, name))
     bad = plan.manifest.bad_shards()
     plan.manifest.complete = all(plan.manifest.is_done(s.path) or s.path in bad for s in plan.shards)
     plan.manifest.save()
@@ -297,12 +294,20 @@ def read_scores(out: str):
     return pa.concat_tables([pq.read_table(os.path.join(out, "scores", name)) for name in names], promote_options="default")
 
 
-def _clear_outputs(out: str, scores_dir: str) -> None:
+def _clear_outputs(out: str) -> None:
     for path in (os.path.join(out, "manifest.json"), os.path.join(out, "_SUCCESS")):
         _remove(path)
-    if os.path.isdir(scores_dir):
-        for name in os.listdir(scores_dir):
-            _remove(os.path.join(scores_dir, name))
+    for sub in ("scores", "embeddings"):
+        folder = os.path.join(out, sub)
+        if os.path.isdir(folder):
+            for name in os.listdir(folder):
+                _remove(os.path.join(folder, name))
+
+
+def _remove_part(out: str, part: str) -> None:
+    _remove(os.path.join(out, "scores", part))
+    for name in embedding_names(part):
+        _remove(os.path.join(out, "embeddings", name))
 
 
 def _remove_temporaries(folder: str) -> None:

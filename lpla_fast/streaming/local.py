@@ -1,9 +1,11 @@
 """The local engine: one process, three stages running at once.
 
-A reader thread reads chunk i+1 (page-faults the memory-mapped rows in, or decodes the
-Parquet row groups; on CUDA, copies them into a pinned host buffer) while the main thread
-scores chunk i with the fused op and a writer thread commits chunk i-1 (part file, then
-manifest). Queues of depth one bound memory to a few chunks whatever the number of rows.
+A reader thread takes chunk i+1 from the source (embeddings: page-faults the memory-mapped
+rows in, or decodes the Parquet row groups, and on CUDA copies them into a pinned host
+buffer; images: receives the views that worker processes decoded and drew) while the main
+thread scores chunk i (the encoder's forward pass, the fused op) and a writer thread commits
+chunk i-1 (part file, then manifest). Queues of depth one bound memory to a few chunks
+whatever the number of rows.
 """
 
 from __future__ import annotations
@@ -14,8 +16,12 @@ import threading
 import time
 from typing import Dict
 
-from .job import CHUNK_DELAY_ENV, JobPlan, ScoreConfig, finish_job, part_name, plan_job, views_tensor, write_part
-from .shards import ShardError
+import numpy as np
+
+from .config import CHUNK_DELAY_ENV, ScoreConfig
+from .job import JobPlan, finish_job, plan_job
+from .scorer import views_tensor
+from .shards import Chunk, ShardError
 
 _DONE = object()
 
@@ -58,20 +64,16 @@ class _PinnedPool:
 
 def _reader(plan: JobPlan, out: queue.Queue, stop: threading.Event, pool) -> None:
     try:
-        for shard, chunks in plan.pending():
-            try:
-                for start, stop_row in chunks:
-                    chunk = shard.read(start, stop_row)
-                    shard.prefetch(start, stop_row)
-                    views = views_tensor(chunk)
-                    if pool is not None:
-                        buf = pool.get(views.numel() * views.element_size(), stop)
-                        staged = buf[: views.numel() * views.element_size()].view(views.dtype).view(views.shape)
-                        staged.copy_(views)
-                        views = (staged, buf)
-                    _put(out, (shard, chunk, views), stop)
-            except ShardError as exc:
-                _put(out, (shard, exc, None), stop)
+        for shard, chunk in plan.source.stream(plan.pending()):
+            staged = None
+            # Embedding rows (numpy) are staged in a pinned buffer; image views come pinned.
+            if pool is not None and isinstance(chunk, Chunk) and isinstance(chunk.views, np.ndarray):
+                views = views_tensor(chunk)
+                buf = pool.get(views.numel() * views.element_size(), stop)
+                staged = buf[: views.numel() * views.element_size()].view(views.dtype).view(views.shape)
+                staged.copy_(views)
+                staged = (staged, buf)
+            _put(out, (shard, chunk, staged), stop)
         _put(out, _DONE, stop)
     except _Stop:
         pass
@@ -95,15 +97,11 @@ def _writer(plan: JobPlan, inbox: queue.Queue, errors: list) -> None:
         if errors:
             continue  # a failed commit stops all later ones; drain
         try:
-            kind, shard, *rest = item
+            kind, *rest = item
             if kind == "part":
-                start, stop, table = rest
-                name = part_name(shard, start, stop)
-                write_part(plan.scores_dir, name, table)
-                plan.manifest.commit_chunk(shard, start, stop, name)
-                plan.manifest.save_if_due()
+                plan.commit(*rest)
             else:
-                plan.record_bad(shard, rest[0])
+                plan.record_bad(*rest)
         except BaseException as exc:
             errors.append(exc)
 
@@ -113,7 +111,8 @@ def _progress(plan: JobPlan):
 
     pending = plan.pending()
     rows = sum(b - a for _, chunks in pending for a, b in chunks)
-    return tqdm(total=rows, unit="rows", unit_scale=True, disable=not plan.config.progress, desc="lpla score")
+    unit = "images" if plan.config.images is not None else "rows"
+    return tqdm(total=rows, unit=unit, unit_scale=True, disable=not plan.config.progress, desc="lpla score")
 
 
 def run_local(config: ScoreConfig) -> Dict[str, object]:
@@ -124,46 +123,45 @@ def run_local(config: ScoreConfig) -> Dict[str, object]:
 
         if not torch.cuda.is_available():
             raise ValueError(f"--device {config.device}: CUDA is not available on this machine")
-    plan = plan_job(config)
+    plan = plan_job(config, config.device)
     delay = float(os.environ.get(CHUNK_DELAY_ENV, "0") or 0)
     stop = threading.Event()
     chunks: queue.Queue = queue.Queue(maxsize=1)
     commits: queue.Queue = queue.Queue(maxsize=2)
     write_errors: list = []
     pool = _PinnedPool(3) if cuda else None
-    reader = threading.Thread(target=_reader, args=(plan, chunks, stop, pool), daemon=True, name="lpla-reader")
+    # Worker processes already read ahead: their DataLoader is iterated here, not in a thread.
+    workers = config.images is not None and config.workers > 0
+    if not workers:
+        threading.Thread(target=_reader, args=(plan, chunks, stop, pool), daemon=True, name="lpla-reader").start()
     writer = threading.Thread(target=_writer, args=(plan, commits, write_errors), daemon=True, name="lpla-writer")
     bar = _progress(plan)
-    reader.start()
     writer.start()
     t0, nbytes, bad = time.perf_counter(), 0, set()
+    items = ((shard, chunk, None) for shard, chunk in plan.source.stream(plan.pending())) if workers else _queued(chunks)
     try:
-        while True:
-            item = chunks.get()
-            if item is _DONE:
-                break
-            if isinstance(item, BaseException):
-                raise item
-            shard, chunk, views = item
+        for shard, chunk, staged in items:
             if shard.path in bad:
-                if pool is not None and views is not None:
-                    pool.free.put(views[1])
+                if staged is not None:
+                    pool.free.put(staged[1])
                 continue
             if isinstance(chunk, ShardError):
                 _bad_shard(plan, shard.path, chunk, commits, bad)
                 continue
             try:
-                table = _score(plan, chunk, views, pool, config.device)
+                table, embeddings = _score(plan, chunk, staged, pool, config.device)
             except ShardError as exc:
                 _bad_shard(plan, shard.path, exc, commits, bad)
                 continue
-            shard.release(chunk.start, chunk.stop)
-            commits.put(("part", shard.path, chunk.start, chunk.stop, table))
+            if hasattr(shard, "release"):
+                shard.release(chunk.start, chunk.stop)
+            commits.put(("part", chunk, table, embeddings))
             if write_errors:
                 raise write_errors[0]
-            nbytes += chunk.nbytes
             bar.update(chunk.stop - chunk.start)
-            bar.set_postfix_str(f"{nbytes / 1e9 / max(time.perf_counter() - t0, 1e-9):.3g} GB/s", refresh=False)
+            if config.images is None:  # the bar's own rate is images/s for images
+                nbytes += chunk.nbytes
+                bar.set_postfix_str(f"{nbytes / 1e9 / max(time.perf_counter() - t0, 1e-9):.3g} GB/s", refresh=False)
             if delay:
                 time.sleep(delay)
     finally:
@@ -176,14 +174,26 @@ def run_local(config: ScoreConfig) -> Dict[str, object]:
     return finish_job(plan)
 
 
-def _score(plan: JobPlan, chunk, views, pool, device: str):
-    if pool is None:
-        return plan.scorer.score_chunk(chunk)
+def _queued(chunks: queue.Queue):
+    """The reader thread's items, until it is done; its error is raised here."""
+    while True:
+        item = chunks.get()
+        if item is _DONE:
+            return
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
+
+def _score(plan: JobPlan, chunk, staged, pool, device: str):
+    """(table, embeddings) of a chunk; embedding rows staged in a pinned buffer on CUDA."""
+    if staged is None:
+        return plan.scorer.score_chunk(chunk, device)
     import torch
 
-    staged, buf = views
+    views, buf = staged
     try:
-        gpu = staged.to(device, non_blocking=True)
+        gpu = views.to(device, non_blocking=True)
         norms, scores = plan.scorer.scores(gpu)
         norms, scores = norms.cpu(), scores.cpu()  # synchronizes: the buffer is free again
     except BaseException:
@@ -191,8 +201,7 @@ def _score(plan: JobPlan, chunk, views, pool, device: str):
         raise
     finally:
         pool.free.put(buf)
-    plan.scorer.check(chunk, norms, scores)
-    return plan.scorer.table(chunk, norms, scores)
+    return plan.scorer.finish(chunk, norms, scores), None
 
 
 def _bad_shard(plan: JobPlan, shard: str, exc: ShardError, commits: queue.Queue, bad: set) -> None:

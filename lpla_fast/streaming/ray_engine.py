@@ -2,9 +2,10 @@
 
 The driver plans the job exactly as the local engine does (same validation, same manifest,
 same chunks). Ray Data then streams one row per pending chunk through `map_batches` on an
-actor pool: each actor reads its chunk from the shard (memory map or Parquet row groups),
-scores it with the fused op (on CPU, or on a GPU with `num_gpus` when --device is cuda) and
-writes the chunk's part file atomically. Only small commit records come back to the driver,
+actor pool: each actor loads its chunk from the job's source (embeddings: memory map or
+Parquet row groups; images: decoded, with the same K views), scores it with the job's scorer
+(the encoder's forward pass and the fused op, on CPU, or on a GPU with `num_gpus` when
+--device is cuda) and writes the chunk's part file atomically. Only small commit records come back to the driver,
 which alone writes the manifest. Parts have the local engine's names and contents, so the
 two engines' outputs are equal and either can resume the other's job.
 
@@ -13,24 +14,30 @@ On a multi-node cluster the shards and OUT must be on a file system every node c
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Dict
 
 import numpy as np
 
-from .job import ChunkScorer, JobPlan, ScoreConfig, finish_job, part_name, plan_job, write_part
-from .shards import ShardError, open_shard
+from .config import ScoreConfig
+from .job import JobPlan, finish_job, load_job_encoder, part_name, plan_job, write_outputs
+from .shards import ShardError
 
 
 class _ScoreChunks:
-    """Ray Data UDF: read, score and write the chunks of a batch; returns commit records."""
+    """Ray Data UDF: load, score and write the chunks of a batch; returns commit records."""
 
-    def __init__(self, stat, p, calibration_dict, write_norms, scores_dir, device):
+    def __init__(self, config: ScoreConfig, calibration_dict, p, id_type, device):
         from ..calibration import LpLACalibration
+        from .scorer import make_scorer
+        from .sources import make_source
 
         calibration = LpLACalibration.from_dict(calibration_dict) if calibration_dict else None
-        self.scorer = ChunkScorer(stat, p, calibration, write_norms)
-        self.scores_dir, self.device = scores_dir, device
+        encoder = load_job_encoder(config, device) if config.images is not None else None
+        self.source = make_source(config, encoder)
+        self.scorer = make_scorer(config, calibration, p, id_type, encoder)
+        self.out, self.device = config.out, device
         self.shards = {}  # opened once per actor
 
     def __call__(self, batch: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
@@ -38,11 +45,12 @@ class _ScoreChunks:
         for shard_path, start, stop in zip(batch["shard"], batch["start"], batch["stop"]):
             start, stop = int(start), int(stop)
             try:
-                shard = self.shards.get(shard_path) or self.shards.setdefault(shard_path, open_shard(shard_path))
-                chunk = shard.read(start, stop)
-                table = self.scorer.score_chunk(chunk, self.device)
-                shard.release(start, stop)
-                write_part(self.scores_dir, part_name(shard_path, start, stop), table)
+                shard = self.shards.get(shard_path) or self.shards.setdefault(shard_path, self.source.open(shard_path))
+                chunk = self.source.load(shard, start, stop)
+                table, embeddings = self.scorer.score_chunk(chunk, self.device)
+                if hasattr(shard, "release"):
+                    shard.release(start, stop)
+                write_outputs(self.out, chunk, table, embeddings)
                 errors.append("")
             except ShardError as exc:
                 errors.append(exc.problem)
@@ -53,7 +61,7 @@ def run_ray(config: ScoreConfig) -> Dict[str, object]:
     """Run a scoring job on Ray (config.address, an already initialized Ray, or a new local one)."""
     import ray
 
-    plan = plan_job(config)
+    plan = plan_job(config)  # on the driver's CPU: it only checks the encoder
     started = False
     if not ray.is_initialized():
         ray.init(address=config.address, include_dashboard=False, log_to_driver=False)
@@ -77,7 +85,7 @@ def _run(plan: JobPlan, config: ScoreConfig) -> None:
     if not tasks:
         return
     ray.data.DataContext.get_current().enable_progress_bars = config.progress
-    calibration = plan.scorer.calibration
+    scorer = getattr(plan.scorer, "scorer", plan.scorer)  # the ChunkScorer under an EncoderScorer
     gpu = config.device != "cpu"
     workers = int(ray.cluster_resources().get("GPU" if gpu else "CPU", 0))
     if gpu and workers == 0:
@@ -88,11 +96,10 @@ def _run(plan: JobPlan, config: ScoreConfig) -> None:
         _ScoreChunks,
         batch_size=1,
         fn_constructor_kwargs=dict(
-            stat=plan.scorer.stat,
-            p=plan.scorer.p,
-            calibration_dict=calibration.to_dict() if calibration is not None else None,
-            write_norms=plan.scorer.write_norms,
-            scores_dir=os.path.abspath(plan.scores_dir),
+            config=dataclasses.replace(config, out=os.path.abspath(config.out), progress=False, workers=0),
+            calibration_dict=scorer.calibration.to_dict() if scorer.calibration is not None else None,
+            p=scorer.p,
+            id_type=scorer.id_type,
             device="cuda" if gpu else "cpu",
         ),
         # Start every actor at once: from one, the pool grows only after a backlog builds,

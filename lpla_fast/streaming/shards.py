@@ -42,6 +42,9 @@ class ShardError(ValueError):
         self.shard = shard
         self.problem = problem
 
+    def __reduce__(self):  # crosses process boundaries (DataLoader workers, Ray actors)
+        return (ShardError, (self.shard, self.problem))
+
 
 def discover_shards(pattern: str) -> List[str]:
     """Sorted absolute paths of the embedding shards matching a glob (or a folder).
@@ -84,22 +87,29 @@ def save_bf16_npy(path: str, x) -> None:
 @dataclass
 class Chunk:
     """Rows [start, stop) of one shard: ids (pyarrow array, or None when the shard has no
-    ids) and views (n, K, D) numpy."""
+    ids) and views: (n, K, D) numpy embeddings, or for an image shard (n, K, C, H, W) torch
+    image views, with the rows' paths (a list, or None when the shard has none)."""
 
     shard: str
     start: int
     stop: int
     ids: object
-    views: np.ndarray
+    views: object
     bf16: bool = False  # views holds bfloat16 bit patterns as uint16
+    paths: object = None
 
     @property
     def nbytes(self) -> int:
         return int(self.views.nbytes)
 
+    def pin_memory(self) -> "Chunk":
+        """Called by a DataLoader with pin_memory=True: image views go to pinned memory."""
+        self.views = self.views.pin_memory()
+        return self
+
 
 class Shard:
-    """An opened, validated shard. Attributes: path, n_rows, k, d, dtype, nbytes, size."""
+    """An opened, validated shard. Attributes: path, n_rows, k, d, dtype, nbytes, size, id_type."""
 
     path: str
     n_rows: int
@@ -107,6 +117,7 @@ class Shard:
     d: int
     dtype: str  # "float32", "float16", "bfloat16" or "float64"
     size: int  # file size in bytes, recorded in the manifest to notice a changed shard
+    id_type: object = None  # pyarrow type of the sample ids (see `id_arrow_type`), None without ids
 
     @property
     def nbytes(self) -> int:
@@ -146,6 +157,24 @@ def open_shard(path: str) -> Shard:
     raise ShardError(path, "unknown format (expected .npy or .parquet)")
 
 
+def id_arrow_type(t):
+    """The type ids of type t are written as: every integer type as int64, every string type
+    as string, any other type as it is."""
+    import pyarrow as pa
+
+    if pa.types.is_integer(t):
+        return pa.int64()
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return pa.string()
+    return t
+
+
+def pa_type_of(ids: np.ndarray):
+    import pyarrow as pa
+
+    return pa.from_numpy_dtype(ids.dtype) if ids.dtype.kind in "iu" else pa.string()
+
+
 # --- .npy --------------------------------------------------------------------------------
 
 
@@ -178,6 +207,7 @@ class NpyShard(Shard):
         self._offset, self._row_bytes = offset, self.k * self.d * dtype.itemsize
         self._array = self._map(dtype) if self.n_rows else None
         self._ids = self._load_ids()
+        self.id_type = None if self._ids is None else id_arrow_type(pa_type_of(self._ids))
 
     def _map(self, dtype) -> np.ndarray:
         # Our own read-only mapping (not np.load's) so that `release` can madvise it.
@@ -270,6 +300,7 @@ class ParquetShard(Shard):
         self.k, self.d, self.dtype = _embedding_layout(path, schema.field(embedding_column).type)
         meta = self._file.metadata
         self.n_rows = int(meta.num_rows)
+        self.id_type = id_arrow_type(schema.field(id_column).type)
         self._cached = (None, None)
         self._group_starts = np.cumsum([0] + [meta.row_group(i).num_rows for i in range(meta.num_row_groups)])
 

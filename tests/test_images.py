@@ -1,0 +1,336 @@
+"""`lpla score --images` and `lpla embed --images`: the four sources, views equal to query_views,
+the fused tail, embed-then-score equal to the one-step job, bad images, resumption."""
+
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from lpla_fast import ops
+from lpla_fast.calibration import LpLACalibration
+from lpla_fast.encoders import TrainConfig, build_encoder, load_encoder, query_views, save_encoder
+from lpla_fast.encoders.pooling import pooled_lpla_score
+from lpla_fast.streaming import ScoreConfig, ShardError, read_scores, score_shards
+from lpla_fast.streaming.images import to_float_images
+
+S = 16  # image side
+K = 3
+
+
+@pytest.fixture(scope="module")
+def encoder_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    encoder = build_encoder(TrainConfig(framework="simclr", backbone="small_cnn", width=8, image_size=S,
+                                        proj_dim=16, augmentation="natural"))
+    folder = tmp_path_factory.mktemp("encoder")
+    save_encoder(encoder, str(folder))
+    return str(folder)
+
+
+def calibration_for(encoder_dir, output="backbone", **kw):
+    encoder = load_encoder(encoder_dir)
+    params = dict(p=2.0, log_space=True, mean_in=0.2, std_in=1.0, mean_out=0.0, std_out=1.2, ref_mean=-1.0,
+                  ref_std=0.5, dim=encoder.embed_dim(output))
+    params.update(kw)
+    return LpLACalibration(**params)
+
+
+@pytest.fixture
+def calib_path(tmp_path, encoder_dir):
+    path = tmp_path / "calib.json"
+    calibration_for(encoder_dir).save(path)
+    return str(path)
+
+
+def random_images(n, seed=0, size=S):
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+def png_bytes(image):
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_tar(path, images, prefix="s"):
+    with tarfile.open(path, "w") as tar:
+        for i, image in enumerate(images):
+            for name, data in ((f"{prefix}{i:05d}.png", png_bytes(image)), (f"{prefix}{i:05d}.cls", b"0")):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+
+
+def write_folder(root, images):
+    for i, image in enumerate(images):
+        sub = root / f"class{i % 2}"
+        sub.mkdir(parents=True, exist_ok=True)
+        (sub / f"img{i:04d}.png").write_bytes(png_bytes(image))
+
+
+def write_parquet_images(path, images, with_paths=True):
+    if with_paths:
+        column = pa.array([{"bytes": png_bytes(im), "path": f"p/{i}.png"} for i, im in enumerate(images)])
+    else:
+        column = pa.array([png_bytes(im) for im in images], pa.binary())
+    pq.write_table(pa.table({"image": column}), path, row_group_size=25)
+
+
+def score(tmp_path, encoder_dir, images, out="out", calib=None, **kw):
+    kw.setdefault("batch_rows", 32)
+    kw.setdefault("progress", False)
+    kw.setdefault("workers", 0)
+    config = ScoreConfig(images=str(images), encoder=encoder_dir, out=str(tmp_path / out), calibration=calib,
+                         K=K, **kw)
+    return score_shards(config), config.out
+
+
+def expected(encoder_dir, images, calib, output="backbone", seed=0):
+    """Scores of query_views' embeddings of the same images, K and seed."""
+    encoder = load_encoder(encoder_dir)
+    views = query_views(encoder, to_float_images(images), K, seed=seed, output=output)
+    return views, calib.score(views)[1].double().numpy()
+
+
+# --- sources -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layout", ["npy", "folder", "parquet", "tar"])
+def test_every_source_scores_like_query_views(tmp_path, encoder_dir, calib_path, layout):
+    images = random_images(70)
+    src = tmp_path / "src"
+    src.mkdir()
+    if layout == "npy":
+        np.save(src / "a.npy", images)
+    elif layout == "folder":
+        write_folder(src, images)
+        order = sorted(range(70), key=lambda i: f"class{i % 2}/img{i:04d}.png")
+        images = images[order]
+    elif layout == "parquet":
+        write_parquet_images(src / "a.parquet", images)
+    else:
+        write_tar(src / "a.tar", images)
+    summary, out = score(tmp_path, encoder_dir, src, calib=calib_path, write_norms=True)
+    assert summary["complete"] and summary["rows"] == 70
+    table = read_scores(out)
+    assert table.column("row").to_pylist() == list(range(70))
+    _, scores = expected(encoder_dir, images, LpLACalibration.load(calib_path))
+    np.testing.assert_allclose(table.column("score").to_numpy(), scores, rtol=1e-4, atol=1e-4)
+    paths = table.column("path").to_pylist()
+    if layout == "npy":
+        assert paths == [None] * 70
+    elif layout == "folder":
+        assert paths == sorted(f"class{i % 2}/img{i:04d}.png" for i in range(70))
+    elif layout == "parquet":
+        assert paths == [f"p/{i}.png" for i in range(70)]
+    else:
+        assert paths == [f"s{i:05d}.png" for i in range(70)]
+
+
+def test_view_one_is_the_clean_image_and_views_follow_the_seed(tmp_path, encoder_dir):
+    images = random_images(40)
+    np.save(tmp_path / "a.npy", images)
+    _, out0 = score(tmp_path, encoder_dir, tmp_path / "a.npy", out="s0", stat="norm", write_norms=True)
+    _, out1 = score(tmp_path, encoder_dir, tmp_path / "a.npy", out="s1", stat="norm", write_norms=True, view_seed=1)
+    n0 = np.stack(read_scores(out0).column("norms").to_numpy(zero_copy_only=False))
+    n1 = np.stack(read_scores(out1).column("norms").to_numpy(zero_copy_only=False))
+    np.testing.assert_array_equal(n0[:, 0], n1[:, 0])  # the clean view does not depend on the seed
+    assert not np.allclose(n0[:, 1:], n1[:, 1:])
+    encoder = load_encoder(encoder_dir)
+    clean = encoder.embed(to_float_images(images)).detach()
+    np.testing.assert_allclose(n0[:, 0], ops.lp_norm(clean, 2.0).numpy(), rtol=1e-4)
+
+
+def test_head_output_scores_the_projection(tmp_path, encoder_dir):
+    images = random_images(64, seed=2)
+    np.save(tmp_path / "a.npy", images)
+    calib = calibration_for(encoder_dir, "head", log_space=False, ref_mean=1.0)
+    calib.save(tmp_path / "head.json")
+    _, out = score(tmp_path, encoder_dir, tmp_path / "a.npy", calib=str(tmp_path / "head.json"), output="head")
+    _, scores = expected(encoder_dir, images, calib, output="head")
+    np.testing.assert_allclose(read_scores(out).column("score").to_numpy(), scores, rtol=1e-4, atol=1e-4)
+
+
+def test_calibration_of_another_dimension_is_refused_before_any_write(tmp_path, encoder_dir):
+    np.save(tmp_path / "a.npy", random_images(10))
+    calibration_for(encoder_dir, dim=7).save(tmp_path / "c.json")
+    with pytest.raises(ValueError, match="D=32.*D=7"):
+        score(tmp_path, encoder_dir, tmp_path / "a.npy", calib=str(tmp_path / "c.json"))
+    assert not os.path.exists(tmp_path / "out")
+
+
+# --- the fused tail ------------------------------------------------------------------------
+
+
+def test_pooled_lpla_score_equals_pool_then_score():
+    fmap = torch.randn(4 * 3, 8, 5, 5)
+    calib = LpLACalibration(p=3.0, log_space=True, mean_in=0.1, std_in=1.0, mean_out=0.0, std_out=1.1)
+    pooled, norms, scores = pooled_lpla_score(fmap, 3, 3.0, *calib.kernel_params(), calib.log_space)
+    torch.testing.assert_close(pooled, fmap.mean(dim=(2, 3)))
+    n2, s2 = calib.score(pooled.view(4, 3, 8))
+    torch.testing.assert_close(norms, n2)
+    torch.testing.assert_close(scores, s2)
+    with pytest.raises(ValueError, match="K=5"):
+        pooled_lpla_score(fmap, 5, 3.0, *calib.kernel_params(), True)
+
+
+@pytest.mark.parametrize("backbone", ["small_cnn", "resnet18"])
+def test_backbones_pool_through_the_op_without_autograd_and_torch_with_it(backbone):
+    from lpla_fast.encoders import make_backbone
+    from lpla_fast.encoders.pooling import GlobalAvgPool, split_tail
+
+    net = make_backbone(backbone, image_size=S).eval()
+    feature_map, pool = split_tail(net)
+    assert isinstance(pool, GlobalAvgPool)
+    x = torch.rand(2, 3, S, S)
+    with torch.no_grad():
+        fmap = feature_map(x)
+        torch.testing.assert_close(net(x), fmap.mean(dim=(2, 3)))
+    out = net(x)
+    out.sum().backward()  # training path: torch's mean, with gradients
+    assert all(p.grad is not None for p in net.parameters() if p.requires_grad)
+
+
+# --- embed then score ----------------------------------------------------------------------
+
+
+def _cli(*args):
+    result = subprocess.run([sys.executable, "-m", "lpla_fast", *args], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def test_embed_then_score_equals_the_one_step_job(tmp_path, encoder_dir, calib_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    np.save(src / "a.npy", random_images(50, seed=4))
+    write_tar(src / "b.tar", random_images(40, seed=5))
+    common = ["--images", str(src), "--K", str(K), "--view-seed", "3", "--batch-rows", "32", "--no-progress"]
+    _cli("score", "--calibration", calib_path, "--encoder", encoder_dir, "--out", str(tmp_path / "one"), *common,
+         "--write-embeddings")
+    _cli("embed", "--checkpoint", encoder_dir, "--out", str(tmp_path / "emb"), *common)
+    _cli("score", "--calibration", calib_path, "--embeddings", str(tmp_path / "emb" / "embeddings"),
+         "--out", str(tmp_path / "two"), "--no-progress")
+    one, two = read_scores(str(tmp_path / "one")), read_scores(str(tmp_path / "two"))
+    assert one.num_rows == two.num_rows == 90
+    # The embedding files are named after the parts, so they sort like them: same row order.
+    np.testing.assert_array_equal(one.column("score").to_numpy(), two.column("score").to_numpy())
+    assert two.column("id").to_pylist()[:2] == ["a.npy:0", "a.npy:1"] and two.column("id").to_pylist()[50] == "s00000.png"
+    kept = sorted(os.listdir(tmp_path / "one" / "embeddings"))
+    assert kept == sorted(os.listdir(tmp_path / "emb" / "embeddings"))
+
+
+# --- bad input and resumption --------------------------------------------------------------
+
+
+def test_corrupt_image_is_a_bad_shard(tmp_path, encoder_dir, calib_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    np.save(src / "a.npy", random_images(40))
+    write_tar(src / "b.tar", random_images(40))
+    with tarfile.open(src / "c.tar", "w") as tar:
+        data = png_bytes(random_images(1)[0])[:30]  # a truncated PNG
+        info = tarfile.TarInfo("x00001.png")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    with pytest.raises(ShardError, match="c.tar.*row 0 .x00001.png. cannot be decoded"):
+        score(tmp_path, encoder_dir, src, calib=calib_path)
+    summary, out = score(tmp_path, encoder_dir, src, calib=calib_path, skip_bad_shards=True, workers=1)
+    assert summary["complete"] and list(summary["bad_shards"]) == [str(src / "c.tar")] and summary["rows"] == 80
+    assert read_scores(out).num_rows == 80
+
+
+@pytest.mark.parametrize("problem", ["dtype", "shape", "column"])
+def test_malformed_image_shards_are_named(tmp_path, encoder_dir, calib_path, problem):
+    src = tmp_path / "src"
+    src.mkdir()
+    if problem == "dtype":
+        np.save(src / "a.npy", np.zeros((4, S, S, 3), np.float32))
+        match = "a.npy.*uint8"
+    elif problem == "shape":
+        np.save(src / "a.npy", np.zeros((4, S, S), np.uint8))
+        match = "a.npy.*N, H, W, C"
+    else:
+        pq.write_table(pa.table({"img": [b"x"]}), src / "a.parquet")
+        match = "a.parquet.*no column 'image'"
+    with pytest.raises(ShardError, match=match):
+        score(tmp_path, encoder_dir, src, calib=calib_path)
+
+
+def test_workers_and_resumption_give_the_same_output(tmp_path, encoder_dir, calib_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    np.save(src / "a.npy", random_images(100, seed=7))
+    _, reference = score(tmp_path, encoder_dir, src, out="ref", calib=calib_path)
+    _, out = score(tmp_path, encoder_dir, src, out="out", calib=calib_path, workers=2)
+    assert read_scores(out).equals(read_scores(reference))
+    manifest = json.load(open(os.path.join(out, "manifest.json")))
+    entry = manifest["shards"][str(src / "a.npy")]
+    first = sorted(entry["parts"], key=int)[0]
+    os.unlink(os.path.join(out, "scores", entry["parts"][first][1]))
+    del entry["parts"][first]
+    entry["status"] = "pending"
+    manifest["complete"] = False
+    json.dump(manifest, open(os.path.join(out, "manifest.json"), "w"))
+    summary, _ = score(tmp_path, encoder_dir, src, out="out", calib=calib_path)
+    assert summary["complete"]
+    assert read_scores(out).equals(read_scores(reference))
+
+
+def test_cli_refuses_bad_image_flags_with_one_line(tmp_path, encoder_dir, calib_path, capsys):
+    from lpla_fast.cli import main
+
+    np.save(tmp_path / "a.npy", random_images(8))
+    base = ["score", "--calibration", calib_path, "--images", str(tmp_path / "a.npy"), "--out", str(tmp_path / "o")]
+    assert main(base) == 2 and "--images needs --encoder" in capsys.readouterr().err
+    assert main(base + ["--encoder", encoder_dir, "--batch-rows", "50"]) == 2
+    assert "multiple of 32" in capsys.readouterr().err
+    assert main(base + ["--encoder", str(tmp_path / "nothing")]) == 2
+    assert "--encoder" in capsys.readouterr().err and not os.path.exists(tmp_path / "o")
+
+
+def test_kill9_mid_run_then_rerun_scores_every_image_exactly_once(tmp_path, encoder_dir, calib_path):
+    import signal
+    import time
+
+    src = tmp_path / "src"
+    src.mkdir()
+    np.save(src / "a.npy", random_images(320, seed=8))
+    write_tar(src / "b.tar", random_images(64, seed=9))
+    _, reference = score(tmp_path, encoder_dir, src, out="reference", calib=calib_path)
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "lpla_fast", "score", "--calibration", calib_path, "--encoder", encoder_dir,
+            "--images", str(src), "--K", str(K), "--batch-rows", "32", "--no-progress", "--out", str(out)]
+    proc = subprocess.Popen(args, env=dict(os.environ, LPLA_SCORE_CHUNK_DELAY="0.3"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+    def committed():
+        try:
+            shards = json.load(open(out / "manifest.json"))["shards"]
+        except (OSError, ValueError, KeyError):
+            return 0
+        return sum(len(e.get("parts", {})) for e in shards.values())
+
+    deadline = time.time() + 120
+    while committed() < 3 and time.time() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 3 <= committed() < 12, "the kill must land mid-run"
+    assert not os.path.exists(out / "_SUCCESS")
+    rerun = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    table = read_scores(str(out))
+    assert table.num_rows == 384 and len(set(zip(table.column("shard").to_pylist(), table.column("row").to_pylist()))) == 384
+    assert table.equals(read_scores(reference))
