@@ -126,6 +126,18 @@ def test_view_norm_stats_huge_and_tiny_values(dtype, magnitude):
         check_view_norm_stats(views, p, True, dtype)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("k", [4, 70])
+def test_view_norm_stats_view_sum_beyond_float_range(device, dtype, k):
+    # The views' sum overflows float32 (their mean does not): the view mean must not.
+    views = torch.full((2, k, 40), 3e38, dtype=torch.float64)
+    views[1, :, ::2] *= -0.5
+    views = views.to(dtype)
+    check_view_norm_stats(views.to(device), INF, False, dtype)
+    assert torch.isfinite(lpla_fast.view_norm_stats(views.to(device), INF)[3]).all()
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     n=st.integers(0, 5),
