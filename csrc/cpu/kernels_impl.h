@@ -502,10 +502,11 @@ class ViewMean {
   // Adds the views gathered so far.
   void flush() {
     if constexpr (!std::is_same_v<T, double>) {
+      // The views are in cache (their norms just read them): no prefetches.
       if (gathered_ == kViewsPerPass) {
-        accumulate_rows<kViewsPerPass>(rows_, D_, partial_.data());
+        accumulate_rows<kViewsPerPass, false>(rows_, D_, partial_.data());
       } else {
-        for (int j = 0; j < gathered_; ++j) accumulate_rows<1>(rows_ + j, D_, partial_.data());
+        for (int j = 0; j < gathered_; ++j) accumulate_rows<1, false>(rows_ + j, D_, partial_.data());
       }
       pending_ += gathered_;
       gathered_ = 0;

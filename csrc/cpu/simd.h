@@ -347,8 +347,9 @@ inline void widen_row(const T* x, int64_t n, double* dst) {
 }
 
 // sums[i] += float(x[0][i]) + ... + float(x[M-1][i]) for M contiguous rows (float, half,
-// bfloat16), in float.
-template <int M, class T>
+// bfloat16), in float. kPrefetch: rows streamed from memory (not for rows already in cache,
+// where the prefetches only take issue slots).
+template <int M, bool kPrefetch = true, class T>
 inline void accumulate_rows(const T* const* x, int64_t n, float* sums) {
   int64_t i = 0;
   for (; i + 16 <= n; i += 16) {
@@ -356,7 +357,7 @@ inline void accumulate_rows(const T* const* x, int64_t n, float* sums) {
     std::memcpy(&a0, sums + i, sizeof a0);
     std::memcpy(&a1, sums + i + 8, sizeof a1);
     for (int j = 0; j < M; ++j) {
-      prefetch_line_ahead(x[j] + i);
+      if constexpr (kPrefetch) prefetch_line_ahead(x[j] + i);
       a0 += load8(x[j] + i);
       a1 += load8(x[j] + i + 8);
     }
