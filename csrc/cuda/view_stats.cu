@@ -41,9 +41,10 @@ struct ViewStatsOut {
 };
 
 // One group of G threads per sample. For each view: its norm (row_norm reads the view from
-// memory once) and, from cache, its addition to the sample's float64 view sum sums[n]. Thread t
-// owns elements t, t+G, ... of that sum for every view, so it only reads its own writes and
-// the group needs no synchronisation beyond its reductions.
+// memory once) and, from cache, its addition to the sample's float64 view sum, in the group's
+// own row of `sums` (one D-long row per group, reused for each of its samples). Thread t owns
+// elements t, t+G, ... of that row for every view, so it only reads its own writes and the
+// group needs no synchronisation beyond its reductions.
 template <int P, typename scalar_t>
 __global__ void __launch_bounds__(kBlockThreads)
     view_norm_stats_kernel(RowTable<scalar_t> views, int64_t N, int64_t K, int64_t D, double p, bool log_space, int G,
@@ -51,8 +52,9 @@ __global__ void __launch_bounds__(kBlockThreads)
   using R = result_t<scalar_t>;
   const int t = threadIdx.x % G;
   const int64_t groups = static_cast<int64_t>(gridDim.x) * (kBlockThreads / G);
-  for (int64_t n = (static_cast<int64_t>(blockIdx.x) * kBlockThreads + threadIdx.x) / G; n < N; n += groups) {
-    double* sum = sums + n * D;
+  const int64_t group = (static_cast<int64_t>(blockIdx.x) * kBlockThreads + threadIdx.x) / G;
+  double* sum = sums + group * D;
+  for (int64_t n = group; n < N; n += groups) {
     ViewStats stats;
     for (int64_t k = 0; k < K; ++k) {
       const scalar_t* row = views.row(n * K + k);
@@ -84,11 +86,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> view_norm_stats_cuda(
   auto mean = at::empty({N}, opts), stddev = at::empty({N}, opts), mean_view_norm = at::empty({N}, opts);
   if (N == 0) return {norms, mean, stddev, mean_view_norm};
   const at::Tensor v = with_contiguous_rows(views);
-  // The view sums: N x D float64, written and read back while the sample is in cache.
-  auto sums = at::empty({N, D}, opts.dtype(at::kDouble));
   const ViewStatsOut out{norms.data_ptr(), mean.data_ptr(), stddev.data_ptr(), mean_view_norm.data_ptr()};
   const int G = group_size_for(D, v.element_size());
   const int blocks = blocks_for(N, G);
+  // The view sums: a float64 row per group of threads (at most N), whatever the batch size.
+  const int64_t groups = std::min<int64_t>(N, static_cast<int64_t>(blocks) * (kBlockThreads / G));
+  auto sums = at::empty({groups, D}, opts.dtype(at::kDouble));
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, v.scalar_type(), "view_norm_stats_cuda", [&] {
     const RowTable<scalar_t> rows{v.data_ptr<scalar_t>(), std::max<int64_t>(K, 1), v.stride(0), v.stride(1)};
