@@ -69,7 +69,7 @@ def test_view_norm_stats_matches_reference(device, dtype, p, log_space, shape):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
-@pytest.mark.parametrize("shape", [(0, 3, 8), (4, 1, 5), (3, 5, 1), (2, 0, 4), (3, 2, 0), (1, 1, 1)], ids=str)
+@pytest.mark.parametrize("shape", [(0, 3, 8), (4, 1, 5), (3, 5, 1), (2, 0, 4), (3, 2, 0), (1, 1, 1), (3, 150, 20)], ids=str)
 def test_view_norm_stats_edge_shapes(device, dtype, shape):
     views = random_views(*shape, dtype=dtype, device=device, seed=22)
     check_view_norm_stats(views, 2.0, False, dtype)
