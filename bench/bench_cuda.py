@@ -54,7 +54,7 @@ def views_input(dtype, nbytes=GIB // 2):
 
 
 def fmap_input(channels_last, nbytes=GIB // 2, c=512, hw=7):
-    n = nbytes // (c * hw * hw * 4)
+    n = nbytes // (c * hw * hw * 4) // K * K  # whole samples of K views, for pooled_lpla_score
 
     def make():
         x = torch.randn(n, c, hw, hw, device="cuda")
@@ -81,6 +81,25 @@ def eager_lpla_score(views, p, mean_in, std_in, mean_out, std_out):
 def eager_pooled_lp_norm(fmap, p):
     pooled = fmap.mean(dim=(2, 3))
     return pooled, torch.linalg.vector_norm(pooled, p, dim=-1)
+
+
+def eager_view_norm_stats(views, p):
+    s = torch.linalg.vector_norm(views.float(), p, dim=-1)
+    t = s.log()
+    return s, t.mean(1), t.std(1), torch.linalg.vector_norm(views.float().mean(1), p, dim=-1)
+
+
+def eager_pooled_lpla_score(fmap, p, mean_in, std_in, mean_out, std_out):
+    pooled = fmap.mean(dim=(2, 3))
+    s = torch.linalg.vector_norm(pooled, p, dim=-1).view(-1, K)
+    zin = (s - mean_in) / std_in
+    zout = (s - mean_out) / std_out
+    llr = -0.5 * zin**2 + 0.5 * zout**2 - (math.log(std_in) - math.log(std_out))
+    return pooled, s, llr.masked_fill(~torch.isfinite(s), math.nan).sum(-1)
+
+
+def ours_pooled_lpla_score(fmap, p, mean_in, std_in, mean_out, std_out):
+    return lpla_fast.pooled_lpla_score(fmap, K, p, mean_in, std_in, mean_out, std_out)
 
 
 def eager_view_cosine(views):
@@ -195,6 +214,29 @@ def test_pooled_lp_norm(benchmark, impl, layout):
     record(benchmark, fmap.shape[0], fmap.numel() * fmap.element_size())
 
 
+@pytest.mark.parametrize("p", [2.0, 3.0], ids=lambda p: f"p{p:g}")
+@pytest.mark.parametrize("impl", ["lpla", "eager"])
+def test_view_norm_stats(benchmark, impl, p):
+    benchmark.group = f"view_norm_stats-p{p:g}"
+    views = views_input(torch.float32)
+    if impl == "lpla":
+        fn = synced(lpla_fast.view_norm_stats, views, p, True)
+    else:
+        fn = synced(eager_view_norm_stats, views, p)
+    run_bench(benchmark, fn)
+    record(benchmark, views.shape[0], views.numel() * views.element_size())
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("impl", ["lpla", "eager"])
+def test_pooled_lpla_score(benchmark, impl, layout):
+    benchmark.group = f"pooled_lpla_score-{layout}"
+    fmap = fmap_input(layout == "channels_last")
+    fn = ours_pooled_lpla_score if impl == "lpla" else eager_pooled_lpla_score
+    run_bench(benchmark, synced(fn, fmap, 2.0, 10.0, 2.0, 12.0, 3.0))
+    record(benchmark, fmap.shape[0] // K, fmap.numel() * fmap.element_size())
+
+
 @pytest.mark.parametrize("impl", ["lpla", "eager"])
 def test_view_cosine(benchmark, impl):
     benchmark.group = "view_cosine"
@@ -218,9 +260,14 @@ def plain_cases():
         yield (f"lpla_score fp32 p={p:g}", lambda: views_input(torch.float32),
                lambda v, p=p: lpla_fast.lpla_score(v, *params(p)), lambda v, p=p: eager_lpla_score(v, *params(p)))
     yield ("view_cosine fp32", lambda: views_input(torch.float32), lpla_fast.view_cosine, eager_view_cosine)
+    for p in (2.0, 3.0):
+        yield (f"view_norm_stats fp32 log p={p:g}", lambda: views_input(torch.float32),
+               lambda v, p=p: lpla_fast.view_norm_stats(v, p, True), lambda v, p=p: eager_view_norm_stats(v, p))
     for cl in (False, True):
         yield (f"pooled_lp_norm fp32 {'channels_last' if cl else 'nchw'}", lambda cl=cl: fmap_input(cl),
                lambda f: lpla_fast.pooled_lp_norm(f, 2.0), lambda f: eager_pooled_lp_norm(f, 2.0))
+        yield (f"pooled_lpla_score fp32 {'channels_last' if cl else 'nchw'} K={K}", lambda cl=cl: fmap_input(cl),
+               lambda f: ours_pooled_lpla_score(f, *params(2.0)), lambda f: eager_pooled_lpla_score(f, *params(2.0)))
 
 
 def main(out_path=None):

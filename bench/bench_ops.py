@@ -16,6 +16,7 @@ import torch
 import lpla_fast
 
 CALIBRATION = (20.0, 1.0, 21.0, 1.5)  # mean_in, std_in, mean_out, std_out
+VIEWS = 8  # views per sample of the pooled_lpla_score feature maps
 
 
 def nbytes(t):
@@ -106,6 +107,34 @@ def test_lpla_score(measure, views, p, impl):
     measure(fn, f"lpla_score p={p_label(p)}", impl, nbytes(views), views.shape[0])
 
 
+# --- view_norm_stats ----------------------------------------------------------------------------
+
+
+def torch_view_norm_stats(views, p):
+    s = torch.linalg.vector_norm(views, p, dim=-1)
+    t = s.log()
+    return s, t.mean(1), t.std(1), torch.linalg.vector_norm(views.mean(1), p, dim=-1)
+
+
+def numpy_view_norm_stats(views, p):
+    s = np.linalg.norm(views, ord=p, axis=-1)
+    t = np.log(s)
+    return s, t.mean(1), t.std(1, ddof=1), np.linalg.norm(views.mean(1), ord=p, axis=-1)
+
+
+@pytest.mark.parametrize("p", [2.0, 3.0])
+@pytest.mark.parametrize("impl", ["ours", "torch", "numpy"])
+def test_view_norm_stats(measure, views, p, impl):
+    if impl == "ours":
+        fn = lambda: lpla_fast.view_norm_stats(views, p, log_space=True)  # noqa: E731
+    elif impl == "torch":
+        fn = lambda: torch_view_norm_stats(views, p)  # noqa: E731
+    else:
+        array = views.numpy()
+        fn = lambda: numpy_view_norm_stats(array, p)  # noqa: E731
+    measure(fn, f"view_norm_stats log p={p_label(p)}", impl, nbytes(views), views.shape[0])
+
+
 # --- pooled_lp_norm --------------------------------------------------------------------------------
 
 
@@ -128,6 +157,29 @@ def test_pooled_lp_norm(measure, fmap, impl):
 
     layout = "channels_last" if fmap.is_contiguous(memory_format=torch.channels_last) else "nchw"
     measure(fn, f"pooled_lp_norm {layout} p=2", impl, nbytes(fmap), fmap.shape[0])
+
+
+# --- pooled_lpla_score: the fused tail of a pooled encoder ---------------------------------------------
+
+
+def torch_pooled_lpla_score(fmap, num_views, p, mean_in, std_in, mean_out, std_out):
+    pooled = fmap.mean((2, 3))
+    s = torch.linalg.vector_norm(pooled, p, dim=1).view(-1, num_views)
+    zin = (s - mean_in) / std_in
+    zout = (s - mean_out) / std_out
+    llr = -0.5 * zin**2 + 0.5 * zout**2 - (math.log(std_in) - math.log(std_out))
+    return pooled, s, llr.sum(-1)
+
+
+@pytest.mark.parametrize("impl", ["ours", "torch"])
+def test_pooled_lpla_score(measure, fmap, impl):
+    fmap = fmap[: fmap.shape[0] // VIEWS * VIEWS]
+    if impl == "ours":
+        fn = lambda: lpla_fast.pooled_lpla_score(fmap, VIEWS, 2.0, *CALIBRATION)  # noqa: E731
+    else:
+        fn = lambda: torch_pooled_lpla_score(fmap, VIEWS, 2.0, *CALIBRATION)  # noqa: E731
+    layout = "channels_last" if fmap.is_contiguous(memory_format=torch.channels_last) else "nchw"
+    measure(fn, f"pooled_lpla_score {layout} p=2 K={VIEWS}", impl, nbytes(fmap), fmap.shape[0] // VIEWS)
 
 
 # --- view_cosine --------------------------------------------------------------------------------------

@@ -35,9 +35,11 @@ inline void check_finite_param(double value, const char* name) {
   TORCH_CHECK(std::isfinite(value), name, " must be finite, got ", name, "=", value);
 }
 
-// Result dtype of the reductions: fp64 for fp64 input, fp32 otherwise.
-inline at::ScalarType result_dtype(const at::Tensor& t) {
-  return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+inline void check_gaussians(double mean_in, double std_in, double mean_out, double std_out) {
+  check_finite_param(mean_in, "mean_in");
+  check_finite_param(mean_out, "mean_out");
+  check_std(std_in, "std_in");
+  check_std(std_out, "std_out");
 }
 
 // One check per op, called by every backend, so CPU and CUDA reject the same input with the
@@ -59,10 +61,24 @@ inline void check_lpla_score_args(const at::Tensor& views, double p, double mean
   check_floating(views, "views");
   check_dim(views, "views", 3, "(N, K, D)");
   check_p(p);
-  check_finite_param(mean_in, "mean_in");
-  check_finite_param(mean_out, "mean_out");
-  check_std(std_in, "std_in");
-  check_std(std_out, "std_out");
+  check_gaussians(mean_in, std_in, mean_out, std_out);
+}
+
+inline void check_pooled_lpla_score_args(const at::Tensor& fmap, int64_t num_views, double p, double mean_in,
+                                         double std_in, double mean_out, double std_out) {
+  check_floating(fmap, "fmap");
+  check_dim(fmap, "fmap", 4, "(N*K, C, H, W)");
+  TORCH_CHECK(num_views >= 1, "num_views must be >= 1, got num_views=", num_views);
+  TORCH_CHECK(fmap.size(0) % num_views == 0, "fmap's first dim (N*K rows, K views per sample) must be a multiple of ",
+              "num_views, got ", fmap.size(0), " rows and num_views=", num_views);
+  check_p(p);
+  check_gaussians(mean_in, std_in, mean_out, std_out);
+}
+
+inline void check_view_norm_stats_args(const at::Tensor& views, double p) {
+  check_floating(views, "views");
+  check_dim(views, "views", 3, "(N, K, D)");
+  check_p(p);
 }
 
 inline void check_view_cosine_args(const at::Tensor& views) {

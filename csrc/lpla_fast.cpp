@@ -28,4 +28,17 @@ TORCH_LIBRARY(lpla_fast, m) {
   // EncoderMI features: pairwise cosine similarities of each sample's K views (N, K, D)
   // -> (N, K*(K-1)/2), upper triangle in row-major order.
   m.def("view_cosine(Tensor views) -> Tensor");
+  // The fused tail of a pooled encoder: fmap (N*K, C, H, W) holds the last feature maps of
+  // K = num_views views per sample (sample-major). Pools each view, takes its Lp-norm and
+  // scores each sample as lpla_score does: pooled (N*K, C) (or an empty (0,) tensor unless
+  // return_pooled), norms (N, K), scores (N,).
+  m.def(
+      "pooled_lpla_score(Tensor fmap, int num_views, float p, float mean_in, float std_in, float mean_out, "
+      "float std_out, bool log_space, bool return_pooled) -> (Tensor pooled, Tensor norms, Tensor scores)");
+  // Per-sample view statistics of views (N, K, D): the view norms s_k = ||z_k||_p (N, K), the
+  // mean and sample std (ddof=1, 0 for K = 1) over k of t_k = s_k (log s_k when log_space),
+  // and the Lp-norm of the view-mean embedding ||mean_k z_k||_p (N,).
+  m.def(
+      "view_norm_stats(Tensor views, float p, bool log_space) -> "
+      "(Tensor norms, Tensor mean, Tensor std, Tensor mean_view_norm)");
 }

@@ -17,10 +17,26 @@ except ImportError as exc:  # pragma: no cover - exercised only on a broken inst
     ) from exc
 
 from . import ops  # noqa: E402,F401  (registers the fake kernels)
-from .ops import lp_norm, lpla_score, pooled_lp_norm, view_cosine  # noqa: E402
+from .ops import (  # noqa: E402
+    lp_norm,
+    lpla_score,
+    pooled_lp_norm,
+    pooled_lpla_score,
+    view_cosine,
+    view_norm_stats,
+)
 
 __version__ = "0.1.0"
-__all__ = ["lp_norm", "pooled_lp_norm", "lpla_score", "view_cosine", "built_with_cuda", "__version__"]
+__all__ = [
+    "lp_norm",
+    "pooled_lp_norm",
+    "lpla_score",
+    "pooled_lpla_score",
+    "view_cosine",
+    "view_norm_stats",
+    "built_with_cuda",
+    "__version__",
+]
 
 
 def built_with_cuda() -> bool:

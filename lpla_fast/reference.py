@@ -58,6 +58,35 @@ def lpla_score(views: Tensor, p, mean_in, std_in, mean_out, std_out, log_space=F
     return s, gaussian_log_ratio(stat, mean_in, std_in, mean_out, std_out).sum(-1)
 
 
+def pooled_lpla_score(fmap: Tensor, num_views: int, p, mean_in, std_in, mean_out, std_out, log_space=False):
+    """pooled_lp_norm of fmap (N*K, C, H, W), then lpla_score's score of the (N, K) norms.
+
+    Returns pooled (N*K, C), norms (N, K) and scores (N,); rows n*K .. n*K+K-1 are sample n's views.
+    """
+    pooled, s = pooled_lp_norm(fmap, p)
+    s = s.reshape(fmap.shape[0] // num_views, num_views)
+    stat = torch.log(s) if log_space else s
+    return pooled, s, gaussian_log_ratio(stat, mean_in, std_in, mean_out, std_out).sum(-1)
+
+
+def view_norm_stats(views: Tensor, p, log_space=False) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Per-view norms s (N, K) of views (N, K, D); mean and sample std (ddof=1) over k of
+    t = s (log s when log_space), NaN for a sample with a non-finite t_k, std 0 for K = 1;
+    and ||mean_k z_k||_p (N,), the norm of the view-mean embedding."""
+    s = lp_norm(views, p)
+    t = torch.log(s) if log_space else s
+    n, k = t.shape
+    mean = t.mean(1)  # NaN for K = 0
+    if k > 1 and n > 0:
+        std = t.std(1, correction=1)
+    else:
+        std = torch.full((n,), 0.0 if k == 1 else math.nan, dtype=torch.float64)
+    nan = torch.full_like(mean, math.nan)
+    finite = torch.isfinite(t).all(1)
+    centre = views.detach().to(torch.float64).mean(1)
+    return s, torch.where(finite, mean, nan), torch.where(finite, std, nan), lp_norm(centre, p)
+
+
 COSINE_EPS = 1e-12
 
 

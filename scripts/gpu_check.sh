@@ -39,7 +39,7 @@ if step reference; then
 import math, os, torch, lpla_fast
 from lpla_fast import reference as ref
 dev = os.environ.get("CHECK_DEVICE", "cuda")
-for op in ("lp_norm", "pooled_lp_norm", "lpla_score", "view_cosine"):
+for op in ("lp_norm", "pooled_lp_norm", "lpla_score", "view_cosine", "view_norm_stats", "pooled_lpla_score"):
     assert torch._C._dispatch_has_kernel_for_dispatch_key(f"lpla_fast::{op}", "CUDA"), op
 torch.manual_seed(0)
 fails, count = [], 0
@@ -87,6 +87,12 @@ for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
                 close(f"lpla_score norms {dtype} p={p} k={k} d={d} log={log_space}", got[0], want[0], dtype)
                 close(f"lpla_score scores {dtype} p={p} k={k} d={d} log={log_space}", got[1], want[1], dtype,
                       atol=RTOL[dtype] * 10)
+            for log_space in (False, True):
+                got = lpla_fast.view_norm_stats(v.to(dev), p, log_space)
+                want = ref.view_norm_stats(v, p, log_space)
+                for name, g, w in zip(("norms", "mean", "std", "mean_view_norm"), got, want):
+                    close(f"view_norm_stats {name} {dtype} p={p} k={k} d={d} log={log_space}", g, w, dtype,
+                          atol=RTOL[dtype] * 10 if name == "std" else 1e-30)
         v = torch.rand(3, 2, 16, dtype=dtype)
         v[0, 1, 0], v[1, 0] = math.nan, 0
         got = lpla_fast.lpla_score(v.to(dev), p, 1.0, 0.5, 2.0, 1.5, True)
@@ -99,6 +105,12 @@ for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
                 rp, rn = ref.pooled_lp_norm(g, p)
                 close(f"pooled {dtype} p={p} {shape} {layout}", pooled, rp, dtype)
                 close(f"pooled norms {dtype} p={p} {shape} {layout}", norms, rn, dtype)
+                k = 1 if shape[0] % 2 else 2
+                a = (k, p, 1.0, 0.5, 2.0, 1.5, True)
+                got, want = lpla_fast.pooled_lpla_score(g.to(dev), *a), ref.pooled_lpla_score(g, *a)
+                close(f"pooled_lpla_score norms {dtype} p={p} {shape} {layout}", got[1], want[1], dtype)
+                close(f"pooled_lpla_score scores {dtype} p={p} {shape} {layout}", got[2], want[2], dtype,
+                      atol=RTOL[dtype] * 10)
     for k, d in [(0, 4), (1, 4), (2, 1), (5, 128), (3, 131), (8, 3000)]:
         v = torch.randn(4, k, d, dtype=dtype)
         if k >= 3 and d >= 2:

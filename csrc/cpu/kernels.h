@@ -19,6 +19,11 @@ namespace lpla_fast {
                                                 double std_in, double mean_out, double std_out,          \
                                                 bool log_space);                                         \
   at::Tensor view_cosine(const at::Tensor& views);                                                      \
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> pooled_lpla_score(                                      \
+      const at::Tensor& fmap, int64_t num_views, double p, double mean_in, double std_in, double mean_out, \
+      double std_out, bool log_space, bool return_pooled);                                               \
+  std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> view_norm_stats(const at::Tensor& views,    \
+                                                                             double p, bool log_space);  \
   }
 
 LPLA_DECLARE_CPU_KERNELS(cpu_baseline)

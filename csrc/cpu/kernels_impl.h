@@ -231,9 +231,6 @@ inline const T* contiguous_row(const T* row, int64_t n, int64_t step, std::vecto
   return buffer.data();
 }
 
-template <class T>
-using out_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
-
 // ---------------------------------------------------------------------------------------
 // Ops.
 
@@ -242,12 +239,12 @@ void lp_norm_rows(const at::Tensor& x, double p, at::Tensor& out) {
   const RowLayout rows(x);
   const NormSpec spec(p);
   const T* base = x.const_data_ptr<T>();
-  auto* dst = out.mutable_data_ptr<out_t<T>>();
+  auto* dst = out.mutable_data_ptr<result_t<T>>();
   at::parallel_for(0, rows.count, grain_rows(rows.length), [&](int64_t begin, int64_t end) {
     std::vector<T> buffer;
     for (int64_t r = begin; r < end; ++r) {
       const T* row = contiguous_row(base + rows.offset(r), rows.length, rows.step, buffer);
-      dst[r] = static_cast<out_t<T>>(row_norm(row, rows.length, spec));
+      dst[r] = static_cast<result_t<T>>(row_norm(row, rows.length, spec));
     }
   });
 }
@@ -255,7 +252,7 @@ void lp_norm_rows(const at::Tensor& x, double p, at::Tensor& out) {
 }  // namespace
 
 at::Tensor lp_norm(const at::Tensor& x, double p) {
-  const auto out_dtype = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto out_dtype = result_dtype(x);
   auto out = at::empty(x.sizes().slice(0, x.dim() - 1), x.options().dtype(out_dtype));
   if (out.numel() == 0) return out;
   if (x.size(-1) == 0) return out.zero_();
@@ -334,9 +331,10 @@ void channels_last_sums(const T* sample, int64_t C, int64_t H, int64_t W, int64_
 // One pass per sample: its channel means (plane sums for NCHW, position rows for
 // channels_last) in a C-long double buffer, then their norm and the pooled row. Samples are
 // the unit of parallel work (no N x C buffer to allocate and read again); a batch of one
-// feature map runs on one thread.
-template <class T>
-void pooled_norms(const at::Tensor& fmap, double p, bool return_pooled, at::Tensor& pooled, at::Tensor& norms) {
+// feature map runs on one thread. The norms go to norm_dst (result type, or double for the
+// callers that score them).
+template <class T, class NormT>
+void pooled_norms(const at::Tensor& fmap, double p, bool return_pooled, at::Tensor& pooled, NormT* norm_dst) {
   const int64_t N = fmap.size(0), C = fmap.size(1), H = fmap.size(2), W = fmap.size(3);
   const int64_t sN = fmap.stride(0), sC = fmap.stride(1), sH = fmap.stride(2), sW = fmap.stride(3);
   const int64_t HW = H * W;
@@ -346,14 +344,13 @@ void pooled_norms(const at::Tensor& fmap, double p, bool return_pooled, at::Tens
   const bool channels_contiguous = C == 1 || sC == 1;
   if (!planes_contiguous && !channels_contiguous) {
     // Any other layout: one contiguous copy, then the NCHW path.
-    pooled_norms<T>(fmap.contiguous(), p, return_pooled, pooled, norms);
+    pooled_norms<T>(fmap.contiguous(), p, return_pooled, pooled, norm_dst);
     return;
   }
   const double inv_area = 1.0 / static_cast<double>(HW);
   const NormSpec spec(p);
   const T* base = fmap.const_data_ptr<T>();
-  auto* norm_dst = norms.mutable_data_ptr<out_t<T>>();
-  auto* pooled_dst = return_pooled ? pooled.mutable_data_ptr<out_t<T>>() : nullptr;
+  auto* pooled_dst = return_pooled ? pooled.mutable_data_ptr<result_t<T>>() : nullptr;
   at::parallel_for(0, N, grain_rows(C * HW), [&](int64_t begin, int64_t end) {
     std::vector<double> mean(C);
     std::vector<float> partial;
@@ -366,11 +363,11 @@ void pooled_norms(const at::Tensor& fmap, double p, bool return_pooled, at::Tens
       }
       if (pooled_dst) {  // the means and the pooled row in one pass
         auto* row = pooled_dst + n * C;
-        for (int64_t c = 0; c < C; ++c) row[c] = static_cast<out_t<T>>(mean[c] *= inv_area);
+        for (int64_t c = 0; c < C; ++c) row[c] = static_cast<result_t<T>>(mean[c] *= inv_area);
       } else {
         for (int64_t c = 0; c < C; ++c) mean[c] *= inv_area;
       }
-      norm_dst[n] = static_cast<out_t<T>>(C == 0 ? 0.0 : row_norm(mean.data(), C, spec));
+      norm_dst[n] = static_cast<NormT>(C == 0 ? 0.0 : row_norm(mean.data(), C, spec));
     }
   });
 }
@@ -378,30 +375,36 @@ void pooled_norms(const at::Tensor& fmap, double p, bool return_pooled, at::Tens
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> pooled_lp_norm(const at::Tensor& fmap, double p, bool return_pooled) {
-  const auto out_dtype = fmap.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto out_dtype = result_dtype(fmap);
   const auto opts = fmap.options().dtype(out_dtype);
   const int64_t N = fmap.size(0), C = fmap.size(1);
   auto pooled = return_pooled ? at::empty({N, C}, opts) : at::empty({0}, opts);
   auto norms = at::empty({N}, opts);
   if (N == 0) return {pooled, norms};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, fmap.scalar_type(), "pooled_lp_norm_cpu",
-                                  [&] { pooled_norms<scalar_t>(fmap, p, return_pooled, pooled, norms); });
+                                  [&] {
+                                    auto* norm_dst = norms.mutable_data_ptr<result_t<scalar_t>>();
+                                    pooled_norms<scalar_t>(fmap, p, return_pooled, pooled, norm_dst);
+                                  });
   return {pooled, norms};
 }
 
 namespace {
 
-// log N(t; mean_in, std_in^2) - log N(t; mean_out, std_out^2), NaN for a non-finite t.
-struct GaussianLogRatio {
-  double mean_in, inv_std_in, mean_out, inv_std_out, log_std_ratio;
-
-  double operator()(double t) const {
-    if (!std::isfinite(t)) return std::numeric_limits<double>::quiet_NaN();
-    const double zin = (t - mean_in) * inv_std_in;
-    const double zout = (t - mean_out) * inv_std_out;
-    return 0.5 * (zout * zout - zin * zin) + log_std_ratio;
+// The scores of samples n in [0, count) from their K view norms s (count x K, double):
+// norm_dst gets the norms in the result type R, score_dst[n] = sum_k llr(t_nk).
+template <class R>
+void score_norms(const double* s, int64_t count, int64_t K, const GaussianLogRatio& llr, bool log_space,
+                 R* norm_dst, R* score_dst) {
+  for (int64_t n = 0; n < count; ++n) {
+    double total = 0.0;
+    for (int64_t k = 0; k < K; ++k, ++s) {
+      norm_dst[n * K + k] = static_cast<R>(*s);
+      total += llr(view_statistic(*s, log_space));
+    }
+    score_dst[n] = static_cast<R>(total);
   }
-};
+}
 
 template <class T>
 void score_rows(const at::Tensor& views, const NormSpec& spec, const GaussianLogRatio& llr, bool log_space,
@@ -409,8 +412,8 @@ void score_rows(const at::Tensor& views, const NormSpec& spec, const GaussianLog
   const int64_t N = views.size(0), K = views.size(1), D = views.size(2);
   const int64_t sN = views.stride(0), sK = views.stride(1), sD = views.stride(2);
   const T* base = views.const_data_ptr<T>();
-  auto* norm_dst = norms.mutable_data_ptr<out_t<T>>();
-  auto* score_dst = scores.mutable_data_ptr<out_t<T>>();
+  auto* norm_dst = norms.mutable_data_ptr<result_t<T>>();
+  auto* score_dst = scores.mutable_data_ptr<result_t<T>>();
   // Norms of a block of samples first, then their scores: the log and the Gaussian terms
   // stay out of the streaming loop, which then keeps as many reads in flight as lp_norm's.
   constexpr int64_t kSamplesPerBlock = 64;
@@ -425,15 +428,7 @@ void score_rows(const at::Tensor& views, const NormSpec& spec, const GaussianLog
           const T* row = contiguous_row(base + n * sN + k * sK, D, sD, buffer);
           *s++ = D == 0 ? 0.0 : row_norm(row, D, spec);
         }
-      s = block_norms.data();
-      for (int64_t n = first; n < last; ++n) {
-        double total = 0.0;
-        for (int64_t k = 0; k < K; ++k, ++s) {
-          norm_dst[n * K + k] = static_cast<out_t<T>>(*s);
-          total += llr(log_space ? std::log(*s) : *s);
-        }
-        score_dst[n] = static_cast<out_t<T>>(total);
-      }
+      score_norms(block_norms.data(), last - first, K, llr, log_space, norm_dst + first * K, score_dst + first);
     }
   });
 }
@@ -442,27 +437,183 @@ void score_rows(const at::Tensor& views, const NormSpec& spec, const GaussianLog
 
 std::tuple<at::Tensor, at::Tensor> lpla_score(const at::Tensor& views, double p, double mean_in, double std_in,
                                               double mean_out, double std_out, bool log_space) {
-  const auto out_dtype = views.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto out_dtype = result_dtype(views);
   const auto opts = views.options().dtype(out_dtype);
   auto norms = at::empty({views.size(0), views.size(1)}, opts);
   auto scores = at::empty({views.size(0)}, opts);
   if (views.size(0) == 0) return {norms, scores};
-  const GaussianLogRatio llr{mean_in, 1.0 / std_in, mean_out, 1.0 / std_out, std::log(std_out) - std::log(std_in)};
+  const auto llr = GaussianLogRatio::make(mean_in, std_in, mean_out, std_out);
   const NormSpec spec(p);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, views.scalar_type(), "lpla_score_cpu",
                                   [&] { score_rows<scalar_t>(views, spec, llr, log_space, norms, scores); });
   return {norms, scores};
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> pooled_lpla_score(const at::Tensor& fmap, int64_t num_views, double p,
+                                                                 double mean_in, double std_in, double mean_out,
+                                                                 double std_out, bool log_space, bool return_pooled) {
+  const auto opts = fmap.options().dtype(result_dtype(fmap));
+  const int64_t rows = fmap.size(0), C = fmap.size(1), N = rows / num_views;
+  auto pooled = return_pooled ? at::empty({rows, C}, opts) : at::empty({0}, opts);
+  auto norms = at::empty({N, num_views}, opts);
+  auto scores = at::empty({N}, opts);
+  if (rows == 0) return {pooled, norms, scores};
+  // The views' norms in double (rows x 8 bytes, next to the map's rows x C x H x W), so the
+  // scores see them unrounded, as lpla_score's do.
+  std::vector<double> norms64(rows);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, fmap.scalar_type(), "pooled_lpla_score_cpu", [&] {
+    pooled_norms<scalar_t>(fmap, p, return_pooled, pooled, norms64.data());
+    using R = result_t<scalar_t>;
+    score_norms(norms64.data(), N, num_views, GaussianLogRatio::make(mean_in, std_in, mean_out, std_out), log_space,
+                norms.mutable_data_ptr<R>(), scores.mutable_data_ptr<R>());
+  });
+  return {pooled, norms, scores};
+}
+
 namespace {
 
-constexpr double kCosineEps = 1e-12;
+// The element-wise mean of a sample's views. Float, half and bfloat16 views add into a float
+// row, up to eight views per pass (one load and store of the row per eight views), which
+// drains into double sums every kDrainViews views, as channels_last pooling does. A float
+// partial sum that overflowed shows as a non-finite mean norm, which the caller then
+// recomputes in double. Double views add in double.
+constexpr int kViewsPerPass = 8;
+constexpr int kDrainViews = 64;
+
+template <class T>
+class ViewMean {
+ public:
+  void reset(int64_t D) {
+    D_ = D;
+    gathered_ = pending_ = 0;
+    drained_ = false;
+    if constexpr (std::is_same_v<T, double>) sum_.assign(D, 0.0);
+    else partial_.assign(D, 0.0f);
+  }
+  // Adds a view; `row` must stay valid until the next flush() or mean().
+  void add(const T* row) {
+    if constexpr (std::is_same_v<T, double>) {
+      accumulate_row(row, D_, sum_.data());
+    } else {
+      rows_[gathered_++] = row;
+      if (gathered_ == kViewsPerPass) flush();
+    }
+  }
+  // Adds the views gathered so far.
+  void flush() {
+    if constexpr (!std::is_same_v<T, double>) {
+      // The views are in cache (their norms just read them): no prefetches.
+      if (gathered_ == kViewsPerPass) {
+        accumulate_rows<kViewsPerPass, false>(rows_, D_, partial_.data());
+      } else {
+        for (int j = 0; j < gathered_; ++j) accumulate_rows<1, false>(rows_ + j, D_, partial_.data());
+      }
+      pending_ += gathered_;
+      gathered_ = 0;
+      if (pending_ >= kDrainViews) drain();
+    }
+  }
+  // out[d] = sum[d] / K (K = 0 gives NaN, as the reference's mean of no views).
+  template <class R>
+  void mean(int64_t K, R* out) {
+    flush();
+    const double inv = 1.0 / static_cast<double>(K);
+    if (std::is_same_v<T, double> || drained_) {
+      if (pending_ > 0) drain();
+      for (int64_t d = 0; d < D_; ++d) out[d] = static_cast<R>(sum_[d] * inv);
+    } else {
+      for (int64_t d = 0; d < D_; ++d) out[d] = static_cast<R>(static_cast<double>(partial_[d]) * inv);
+    }
+  }
+
+ private:
+  void drain() {
+    if (!drained_) sum_.assign(D_, 0.0);
+    drained_ = true;
+    drain_partial(partial_.data(), D_, sum_.data());
+    pending_ = 0;
+  }
+
+  int64_t D_ = 0;
+  std::vector<double> sum_;
+  std::vector<float> partial_;
+  const T* rows_[kViewsPerPass];
+  int gathered_ = 0, pending_ = 0;
+  bool drained_ = false;
+};
+
+// Per sample: the K view norms, the mean and spread of their statistics (ViewStats) and the
+// norm of the view-mean embedding. Each view is read from memory once, for its norm; the view
+// mean reads it again from cache. The view mean is rounded to the result type before its
+// norm, which changes it by less than the result's own rounding.
+template <class T>
+void view_stats_rows(const at::Tensor& views, const NormSpec& spec, bool log_space, at::Tensor& norms,
+                     at::Tensor& mean, at::Tensor& stddev, at::Tensor& mean_view_norm) {
+  using R = result_t<T>;
+  const int64_t N = views.size(0), K = views.size(1), D = views.size(2);
+  const int64_t sN = views.stride(0), sK = views.stride(1), sD = views.stride(2);
+  const bool rows_contiguous = sD == 1 || D <= 1;
+  const T* base = views.const_data_ptr<T>();
+  auto* norm_dst = norms.mutable_data_ptr<R>();
+  auto* mean_dst = mean.mutable_data_ptr<R>();
+  auto* std_dst = stddev.mutable_data_ptr<R>();
+  auto* centre_dst = mean_view_norm.mutable_data_ptr<R>();
+  at::parallel_for(0, N, grain_rows((K + 1) * D), [&](int64_t begin, int64_t end) {
+    std::vector<T> buffer;
+    ViewMean<T> view_mean;
+    std::vector<R> centre(D);
+    for (int64_t n = begin; n < end; ++n) {
+      const T* sample = base + n * sN;
+      view_mean.reset(D);
+      ViewStats stats;
+      for (int64_t k = 0; k < K; ++k) {
+        const T* row = contiguous_row(sample + k * sK, D, sD, buffer);
+        const double s = D == 0 ? 0.0 : row_norm(row, D, spec);
+        norm_dst[n * K + k] = static_cast<R>(s);
+        stats.add(view_statistic(s, log_space));
+        view_mean.add(row);
+        if (!rows_contiguous) view_mean.flush();  // `buffer` is reused by the next view
+      }
+      mean_dst[n] = static_cast<R>(stats.mean());
+      std_dst[n] = static_cast<R>(stats.stddev());
+      view_mean.mean(K, centre.data());
+      double centre_norm = D == 0 ? 0.0 : row_norm(centre.data(), D, spec);
+      if (!std::is_same_v<T, double> && !std::isfinite(centre_norm) && K > 0) {
+        // Cold path (float overflow, or NaN / Inf in the views): the mean in double.
+        std::vector<double> exact(D, 0.0);
+        for (int64_t k = 0; k < K; ++k)
+          for (int64_t d = 0; d < D; ++d) exact[d] += static_cast<double>(load1(sample + k * sK, d * sD));
+        for (int64_t d = 0; d < D; ++d) centre[d] = static_cast<R>(exact[d] / static_cast<double>(K));
+        centre_norm = row_norm(centre.data(), D, spec);
+      }
+      centre_dst[n] = static_cast<R>(centre_norm);
+    }
+  });
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> view_norm_stats(const at::Tensor& views, double p,
+                                                                           bool log_space) {
+  const auto opts = views.options().dtype(result_dtype(views));
+  const int64_t N = views.size(0);
+  auto norms = at::empty({N, views.size(1)}, opts);
+  auto mean = at::empty({N}, opts), stddev = at::empty({N}, opts), mean_view_norm = at::empty({N}, opts);
+  if (N == 0) return {norms, mean, stddev, mean_view_norm};
+  const NormSpec spec(p);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, views.scalar_type(), "view_norm_stats_cpu", [&] {
+    view_stats_rows<scalar_t>(views, spec, log_space, norms, mean, stddev, mean_view_norm);
+  });
+  return {norms, mean, stddev, mean_view_norm};
+}
+
+namespace {
 
 // Cosines of one sample's K views in double, element by element: the path for float64 input
 // and for samples holding NaN or Inf (whose cosines come out NaN as the reference's do).
 template <class T>
 void cosine_sample_exact(const T* sample, int64_t K, int64_t D, int64_t sK, int64_t sD, std::vector<double>& v,
-                         std::vector<double>& inv_norm, out_t<T>* out_row) {
+                         std::vector<double>& inv_norm, result_t<T>* out_row) {
   v.resize(K * D);
   inv_norm.resize(K);
   for (int64_t k = 0; k < K; ++k) {
@@ -476,7 +627,7 @@ void cosine_sample_exact(const T* sample, int64_t K, int64_t D, int64_t sK, int6
   }
   for (int64_t i = 0, idx = 0; i < K; ++i)
     for (int64_t j = i + 1; j < K; ++j, ++idx)
-      out_row[idx] = static_cast<out_t<T>>(dot(v.data() + i * D, v.data() + j * D, D) * inv_norm[i] * inv_norm[j]);
+      out_row[idx] = static_cast<result_t<T>>(dot(v.data() + i * D, v.data() + j * D, D) * inv_norm[i] * inv_norm[j]);
 }
 
 // Float Gram matrix of a sample's views, for float, half and bfloat16 input. Each view is
@@ -583,7 +734,7 @@ inline void gram_tile(const float* views, int64_t Dp, int64_t i, int64_t j, int6
 // Cosines of one float / half / bfloat16 sample; false (nothing written) if it holds NaN or Inf.
 template <class T>
 bool cosine_sample_fast(const T* sample, int64_t K, int64_t D, int64_t sK, int64_t sD, GramBuffer& buf,
-                        PrefetchCursor next, out_t<T>* out_row) {
+                        PrefetchCursor next, result_t<T>* out_row) {
   const int64_t Kp = (K + 3) / 4 * 4, Dp = (D + 7) / 8 * 8;
   buf.views.resize(Kp * Dp);
   buf.exponent.assign(Kp, 0);
@@ -605,7 +756,7 @@ bool cosine_sample_fast(const T* sample, int64_t K, int64_t D, int64_t sK, int64
     for (int64_t j = i + 1; j < K; ++j, ++idx) {
       const int e = buf.exponent[i] + buf.exponent[j];
       const double dot = e ? std::ldexp(buf.gram[i * Kp + j], e) : buf.gram[i * Kp + j];
-      out_row[idx] = static_cast<out_t<T>>(dot * buf.inv_norm[i] * buf.inv_norm[j]);
+      out_row[idx] = static_cast<result_t<T>>(dot * buf.inv_norm[i] * buf.inv_norm[j]);
     }
   return true;
 }
@@ -616,7 +767,7 @@ void cosine_rows(const at::Tensor& views, at::Tensor& out) {
   const int64_t sN = views.stride(0), sK = views.stride(1), sD = views.stride(2);
   const int64_t pairs = K * (K - 1) / 2;
   const T* base = views.const_data_ptr<T>();
-  auto* dst = out.mutable_data_ptr<out_t<T>>();
+  auto* dst = out.mutable_data_ptr<result_t<T>>();
   at::parallel_for(0, N, grain_rows(K * K * D / 2 + 1), [&](int64_t begin, int64_t end) {
     GramBuffer buf;
     std::vector<double> v, inv_norm;
@@ -639,7 +790,7 @@ void cosine_rows(const at::Tensor& views, at::Tensor& out) {
 }  // namespace
 
 at::Tensor view_cosine(const at::Tensor& views) {
-  const auto out_dtype = views.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto out_dtype = result_dtype(views);
   const int64_t K = views.size(1);
   auto out = at::empty({views.size(0), K * (K - 1) / 2}, views.options().dtype(out_dtype));
   if (out.numel() == 0) return out;

@@ -21,6 +21,7 @@
 #include <immintrin.h>
 #endif
 
+#include "common.h"
 #include "cpu/kernels.h"
 
 // The 32-byte vector types of simd.h are passed by value only between inline functions of

@@ -48,6 +48,23 @@ at::Tensor view_cosine_cpu(const at::Tensor& views) {
   return use_avx2() ? cpu_avx2::view_cosine(views) : cpu_baseline::view_cosine(views);
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> pooled_lpla_score_cpu(const at::Tensor& fmap, int64_t num_views,
+                                                                     double p, double mean_in, double std_in,
+                                                                     double mean_out, double std_out, bool log_space,
+                                                                     bool return_pooled) {
+  check_pooled_lpla_score_args(fmap, num_views, p, mean_in, std_in, mean_out, std_out);
+  return use_avx2() ? cpu_avx2::pooled_lpla_score(fmap, num_views, p, mean_in, std_in, mean_out, std_out, log_space,
+                                                  return_pooled)
+                    : cpu_baseline::pooled_lpla_score(fmap, num_views, p, mean_in, std_in, mean_out, std_out,
+                                                      log_space, return_pooled);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> view_norm_stats_cpu(const at::Tensor& views, double p,
+                                                                               bool log_space) {
+  check_view_norm_stats_args(views, p);
+  return use_avx2() ? cpu_avx2::view_norm_stats(views, p, log_space) : cpu_baseline::view_norm_stats(views, p, log_space);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(lpla_fast, CPU, m) {
@@ -55,6 +72,8 @@ TORCH_LIBRARY_IMPL(lpla_fast, CPU, m) {
   m.impl("pooled_lp_norm", &pooled_lp_norm_cpu);
   m.impl("lpla_score", &lpla_score_cpu);
   m.impl("view_cosine", &view_cosine_cpu);
+  m.impl("pooled_lpla_score", &pooled_lpla_score_cpu);
+  m.impl("view_norm_stats", &view_norm_stats_cpu);
 }
 
 }  // namespace lpla_fast

@@ -347,8 +347,9 @@ inline void widen_row(const T* x, int64_t n, double* dst) {
 }
 
 // sums[i] += float(x[0][i]) + ... + float(x[M-1][i]) for M contiguous rows (float, half,
-// bfloat16), in float.
-template <int M, class T>
+// bfloat16), in float. kPrefetch: rows streamed from memory (not for rows already in cache,
+// where the prefetches only take issue slots).
+template <int M, bool kPrefetch = true, class T>
 inline void accumulate_rows(const T* const* x, int64_t n, float* sums) {
   int64_t i = 0;
   for (; i + 16 <= n; i += 16) {
@@ -356,7 +357,7 @@ inline void accumulate_rows(const T* const* x, int64_t n, float* sums) {
     std::memcpy(&a0, sums + i, sizeof a0);
     std::memcpy(&a1, sums + i + 8, sizeof a1);
     for (int j = 0; j < M; ++j) {
-      prefetch_line_ahead(x[j] + i);
+      if constexpr (kPrefetch) prefetch_line_ahead(x[j] + i);
       a0 += load8(x[j] + i);
       a1 += load8(x[j] + i + 8);
     }
@@ -394,10 +395,29 @@ inline bool drain_partial(float* partial, int64_t n, double* sums) {
   return std::isfinite(hsum(widen_low(probe) + widen_high(probe)) + tail);
 }
 
-// sums[i] += x[i] for a contiguous row, in double.
+// sums[i] += double(x[i]) for a contiguous row (each element widened exactly, then added).
 template <class T>
 inline void accumulate_row(const T* x, int64_t n, double* sums) {
-  for (int64_t i = 0; i < n; ++i) sums[i] += static_cast<double>(load1(x, i));
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    f64x4 lo, hi;
+    if constexpr (std::is_same_v<T, double>) {
+      lo = load4(x + i);
+      hi = load4(x + i + 4);
+    } else if constexpr (std::is_same_v<T, float>) {
+      lo = load4_widened(x + i);
+      hi = load4_widened(x + i + 4);
+    } else {
+      const f32x8 v = load8(x + i);
+      lo = widen_low(v);
+      hi = widen_high(v);
+    }
+    lo += load4(sums + i);
+    hi += load4(sums + i + 4);
+    std::memcpy(sums + i, &lo, sizeof lo);
+    std::memcpy(sums + i + 4, &hi, sizeof hi);
+  }
+  for (; i < n; ++i) sums[i] += static_cast<double>(load1(x, i));
 }
 
 // sum_i a_i b_i of two double rows.

@@ -26,37 +26,24 @@ __global__ void __launch_bounds__(kBlockThreads)
   }
 }
 
-// The two Gaussians of the LpLA statistic (the score divides as the reference does, so the
-// two agree to rounding even where the terms cancel).
-struct LpLAParams {
-  double p;
-  double mean_in, std_in;
-  double mean_out, std_out;
-  double log_std_ratio;  // log(std_in) - log(std_out)
-  bool log_space;
-};
-
-// For each sample n: norms[n, k] = ||views[n, k]||_p and
-// scores[n] = sum_k [-0.5 z_in^2 + 0.5 z_out^2 - log_std_ratio], NaN when a statistic is not
-// finite. One group per sample walks its K views in order, so the whole score is one pass.
+// For each sample n: norms[n, k] = ||views[n, k]||_p and scores[n] = sum_k llr(t_k), with t_k
+// the view statistic (common.h). One group per sample walks its K views in order, so the
+// whole score is one pass.
 template <int P, typename scalar_t>
 __global__ void __launch_bounds__(kBlockThreads)
-    lpla_score_kernel(RowTable<scalar_t> views, int64_t N, int64_t K, int64_t D, LpLAParams prm, int G,
-                      out_type<scalar_t>* norms, out_type<scalar_t>* scores) {
+    lpla_score_kernel(RowTable<scalar_t> views, int64_t N, int64_t K, int64_t D, double p, GaussianLogRatio llr,
+                      bool log_space, int G,
+                      result_t<scalar_t>* norms, result_t<scalar_t>* scores) {
   const int t = threadIdx.x % G;
   const int64_t groups = static_cast<int64_t>(gridDim.x) * (kBlockThreads / G);
   for (int64_t n = (static_cast<int64_t>(blockIdx.x) * kBlockThreads + threadIdx.x) / G; n < N; n += groups) {
     double score = 0.0;
     for (int64_t k = 0; k < K; ++k) {
-      const double s = row_norm<P>(views.row(n * K + k), D, prm.p, t, G);
-      const double stat = prm.log_space ? log(s) : s;
-      const double z_in = (stat - prm.mean_in) / prm.std_in;
-      const double z_out = (stat - prm.mean_out) / prm.std_out;
-      const double llr = -0.5 * z_in * z_in + 0.5 * z_out * z_out - prm.log_std_ratio;
-      score += isfinite(stat) ? llr : NAN;
-      if (t == 0) norms[n * K + k] = to_out<out_type<scalar_t>>(s);
+      const double s = row_norm<P>(views.row(n * K + k), D, p, t, G);
+      score += llr(view_statistic(s, log_space));
+      if (t == 0) norms[n * K + k] = to_out<result_t<scalar_t>>(s);
     }
-    if (t == 0) scores[n] = to_out<out_type<scalar_t>>(score);
+    if (t == 0) scores[n] = to_out<result_t<scalar_t>>(score);
   }
 }
 
@@ -77,7 +64,7 @@ void lp_norm_rows(const at::Tensor& src, int64_t N, int64_t inner, int64_t outer
       });
     };
     if (out.scalar_type() == at::kDouble) launch(out.data_ptr<double>());
-    else launch(out.data_ptr<out_type<scalar_t>>());
+    else launch(out.data_ptr<result_t<scalar_t>>());
   });
 }
 
@@ -105,18 +92,17 @@ std::tuple<at::Tensor, at::Tensor> lpla_score_cuda(const at::Tensor& views, doub
   auto scores = at::empty({N}, opts);
   if (N == 0) return {norms, scores};
   const at::Tensor v = with_contiguous_rows(views);
-  const LpLAParams prm{p, mean_in, std_in, mean_out, std_out, std::log(std_in) - std::log(std_out),
-                       log_space};
+  const auto llr = GaussianLogRatio::make(mean_in, std_in, mean_out, std_out);
   const int G = group_size_for(D, v.element_size());
   const int blocks = blocks_for(N, G);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, v.scalar_type(), "lpla_score_cuda", [&] {
     const RowTable<scalar_t> rows{v.data_ptr<scalar_t>(), std::max<int64_t>(K, 1), v.stride(0), v.stride(1)};
-    auto* norms_ptr = norms.data_ptr<out_type<scalar_t>>();
-    auto* scores_ptr = scores.data_ptr<out_type<scalar_t>>();
+    auto* norms_ptr = norms.data_ptr<result_t<scalar_t>>();
+    auto* scores_ptr = scores.data_ptr<result_t<scalar_t>>();
     dispatch_p(p, [&](auto path) {
       lpla_score_kernel<decltype(path)::value, scalar_t>
-          <<<blocks, kBlockThreads, 0, stream>>>(rows, N, K, D, prm, G, norms_ptr, scores_ptr);
+          <<<blocks, kBlockThreads, 0, stream>>>(rows, N, K, D, p, llr, log_space, G, norms_ptr, scores_ptr);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });

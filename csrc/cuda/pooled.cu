@@ -1,5 +1,6 @@
-// CUDA kernel of pooled_lp_norm: global average pooling of a feature map and the Lp-norm
-// of the pooled vector. fmap is read once, into an (N, C) float64 workspace of means; the
+// CUDA kernels of pooled_lp_norm and pooled_lpla_score: global average pooling of a feature
+// map, the Lp-norm of the pooled vector and (pooled_lpla_score) the LpLA score of each
+// sample's K pooled views. fmap is read once, into an (N, C) float64 workspace of means; the
 // norm then reads only that workspace (H*W times smaller) through the lp_norm rows kernel.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -47,6 +48,23 @@ __global__ void __launch_bounds__(kBlockThreads)
   }
 }
 
+// For each sample n: norms[n, k] = the float64 view norm s[n*K + k] in the result type and
+// scores[n] = sum_k llr(t_nk); a thread per sample (K numbers each).
+template <typename R>
+__global__ void __launch_bounds__(kBlockThreads)
+    score_norms_kernel(const double* s, int64_t N, int64_t K, GaussianLogRatio llr, bool log_space, R* norms,
+                       R* scores) {
+  const int64_t step = static_cast<int64_t>(gridDim.x) * kBlockThreads;
+  for (int64_t n = static_cast<int64_t>(blockIdx.x) * kBlockThreads + threadIdx.x; n < N; n += step) {
+    double total = 0.0;
+    for (int64_t k = 0; k < K; ++k) {
+      norms[n * K + k] = to_out<R>(s[n * K + k]);
+      total += llr(view_statistic(s[n * K + k], log_space));
+    }
+    scores[n] = to_out<R>(total);
+  }
+}
+
 namespace {
 
 // means (N, C) float64 of fmap (N, C, H, W) over H and W.
@@ -85,10 +103,43 @@ std::tuple<at::Tensor, at::Tensor> pooled_lp_norm_cuda(const at::Tensor& fmap, d
   return {pooled, norms.to(result_dtype(fmap))};
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> pooled_lpla_score_cuda(const at::Tensor& fmap, int64_t num_views,
+                                                                      double p, double mean_in, double std_in,
+                                                                      double mean_out, double std_out, bool log_space,
+                                                                      bool return_pooled) {
+  check_pooled_lpla_score_args(fmap, num_views, p, mean_in, std_in, mean_out, std_out);
+  const c10::cuda::CUDAGuard guard(fmap.device());
+  const int64_t rows = fmap.size(0), C = fmap.size(1), N = rows / num_views;
+  const auto opts = fmap.options().dtype(result_dtype(fmap));
+  const auto opts64 = fmap.options().dtype(at::kDouble);
+  auto means = at::empty({rows, C}, opts64);
+  auto norms64 = at::empty({rows}, opts64);
+  if (rows > 0 && C > 0) spatial_means(fmap, means);
+  lp_norm_rows(means, rows, 1, C, 0, C, p, norms64);
+  auto norms = at::empty({N, num_views}, opts);
+  auto scores = at::empty({N}, opts);
+  if (N > 0) {
+    const auto llr = GaussianLogRatio::make(mean_in, std_in, mean_out, std_out);
+    const auto stream = c10::cuda::getCurrentCUDAStream();
+    const int blocks = blocks_for(N, 1);
+    if (result_dtype(fmap) == at::kDouble) {
+      score_norms_kernel<double><<<blocks, kBlockThreads, 0, stream>>>(
+          norms64.data_ptr<double>(), N, num_views, llr, log_space, norms.data_ptr<double>(), scores.data_ptr<double>());
+    } else {
+      score_norms_kernel<float><<<blocks, kBlockThreads, 0, stream>>>(
+          norms64.data_ptr<double>(), N, num_views, llr, log_space, norms.data_ptr<float>(), scores.data_ptr<float>());
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  auto pooled = return_pooled ? means.to(result_dtype(fmap)) : at::empty({0}, opts);
+  return {pooled, norms, scores};
+}
+
 }  // namespace
 }  // namespace cuda
 }  // namespace lpla_fast
 
 TORCH_LIBRARY_IMPL(lpla_fast, CUDA, m) {
   m.impl("pooled_lp_norm", &lpla_fast::cuda::pooled_lp_norm_cuda);
+  m.impl("pooled_lpla_score", &lpla_fast::cuda::pooled_lpla_score_cuda);
 }

@@ -22,6 +22,8 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "common.h"
+
 namespace lpla_fast {
 namespace cuda {
 
@@ -45,10 +47,6 @@ struct RowTable {
     return base + (r / inner) * outer_stride + (r % inner) * inner_stride;
   }
 };
-
-// Result type of the reductions: fp64 for fp64 input, fp32 otherwise.
-template <typename scalar_t>
-using out_type = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
 
 // ---- conversions ------------------------------------------------------------------------
 

@@ -15,14 +15,12 @@
 namespace lpla_fast {
 namespace cuda {
 
-constexpr double kCosineEps = 1e-12;
-
 // out[n, q] = cos(views[n, i], views[n, j]) for the q-th pair i < j in row-major order;
 // a group of G threads per (n, q).
 template <typename scalar_t>
 __global__ void __launch_bounds__(kBlockThreads)
     pair_cosine_kernel(RowTable<scalar_t> views, int64_t N, int64_t K, int64_t D,
-                       const double* norms, int G, out_type<scalar_t>* out) {
+                       const double* norms, int G, result_t<scalar_t>* out) {
   const int t = threadIdx.x % G;
   const int64_t pairs = K * (K - 1) / 2;
   const int64_t groups = static_cast<int64_t>(gridDim.x) * (kBlockThreads / G);
@@ -43,7 +41,7 @@ __global__ void __launch_bounds__(kBlockThreads)
     for_each_in_rows(views.row(n * K + i), views.row(n * K + j), D, t, G,
                      [&](scalar_t a, scalar_t b) { dot += (to_double(a) * inv_a) * (to_double(b) * inv_b); });
     dot = group_allreduce(dot, G, Plus{});
-    if (t == 0) out[item] = to_out<out_type<scalar_t>>(dot);
+    if (t == 0) out[item] = to_out<result_t<scalar_t>>(dot);
   }
 }
 
@@ -66,7 +64,7 @@ at::Tensor view_cosine_cuda(const at::Tensor& views) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, v.scalar_type(), "view_cosine_cuda", [&] {
     const RowTable<scalar_t> rows{v.data_ptr<scalar_t>(), K, v.stride(0), v.stride(1)};
     pair_cosine_kernel<scalar_t><<<blocks_for(out.numel(), G), kBlockThreads, 0, stream>>>(
-        rows, N, K, D, norms.data_ptr<double>(), G, out.data_ptr<out_type<scalar_t>>());
+        rows, N, K, D, norms.data_ptr<double>(), G, out.data_ptr<result_t<scalar_t>>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
