@@ -116,9 +116,12 @@ def test_unknown_framework_or_backbone_is_a_clear_error():
         make_backbone("vgg")
 
 
-@pytest.mark.parametrize("backbone,width,dim", [("small_cnn", 4, 16), ("resnet18", None, 512),
+@pytest.mark.parametrize("backbone,width,dim", [("small_cnn", 4, 16), ("deep_cnn", 4, 16), ("resnet18", None, 512),
                                                 ("resnet50", None, 2048), ("vit_small", 16, 16)])
 def test_feature_shapes(backbone, width, dim):
+    if backbone == "deep_cnn":
+        convs = [m for m in make_backbone("deep_cnn", 4).modules() if isinstance(m, torch.nn.Conv2d)]
+        assert len(convs) == 8 and [c.stride[0] for c in convs] == [1, 1, 2, 1, 2, 1, 1, 1]
     assert backbone in BACKBONES
     torch.manual_seed(0)
     encoder = build_encoder(TrainConfig(backbone=backbone, width=width, image_size=16)).eval()

@@ -59,7 +59,7 @@ def check_statistic(name: str) -> StatisticInfo:
 
 
 def view_norm_stats(views: Tensor, p: float, log: bool = False) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The view-norm summary of each sample, in one place (a fused op will take it over).
+    """The view-norm summary of each sample: the fused `ops.view_norm_stats`, one pass over the views.
 
     Args:
         views: (N, K, D) embeddings, float32/float16/bfloat16/float64, CPU or CUDA.
@@ -71,16 +71,10 @@ def view_norm_stats(views: Tensor, p: float, log: bool = False) -> Tuple[Tensor,
         std (N,): its standard deviation over k, ddof=1 (0 when K = 1);
         mean_view_norm (N,): ||(1/K) sum_k z_k||_p, the norm of the view-mean embedding
             (never logged).
-        All float32 (float64 for float64 input). A zero norm with log=True gives -inf.
+        All float32 (float64 for float64 input). A zero norm with log=True gives a NaN mean
+        and std (callers check the norms first).
     """
-    p = ops.check_p(p)
-    norms = ops.lp_norm(views, p)
-    stat = torch.log(norms) if log else norms
-    k = stat.shape[1]
-    mean = stat.mean(dim=1)
-    std = stat.std(dim=1, correction=1) if k > 1 else torch.zeros_like(mean)
-    mean_view_norm = ops.lp_norm(views.to(norms.dtype).mean(dim=1), p)
-    return norms, mean, std, mean_view_norm
+    return ops.view_norm_stats(views, p, log)
 
 
 def _as_numpy(t: Tensor) -> np.ndarray:

@@ -10,21 +10,24 @@ from torch import nn
 
 from .pooling import GlobalAvgPool
 
-BACKBONES = ("small_cnn", "resnet18", "resnet50", "vit_small")
-DEFAULT_WIDTH = {"small_cnn": 32, "resnet18": 64, "resnet50": 64, "vit_small": 192}
+BACKBONES = ("small_cnn", "deep_cnn", "resnet18", "resnet50", "vit_small")
+DEFAULT_WIDTH = {"small_cnn": 32, "deep_cnn": 32, "resnet18": 64, "resnet50": 64, "vit_small": 192}
 
 
 class SmallCNN(nn.Module):
     """Four 3x3 conv + BatchNorm + ReLU blocks (width w, 2w, 4w, 4w; two stride-2), then global
-    average pooling: a 4w-dimensional embedding that trains on a CPU in seconds.
+    average pooling: a 4w-dimensional embedding that trains on a CPU in seconds. With
+    `repeats` = 2 ("deep_cnn") every block is doubled: eight conv layers of the same widths,
+    the architecture ladder's step in depth at a fixed width.
 
     `feature_map(x)` is the last feature map (B, 4w, H/4, W/4) and `pool` the pooling, so that
     a scoring job can fuse the pooling with the scoring (see `pooling`)."""
 
-    def __init__(self, width: int = 32, in_channels: int = 3):
+    def __init__(self, width: int = 32, in_channels: int = 3, repeats: int = 1):
         super().__init__()
-        channels = [in_channels, width, 2 * width, 4 * width, 4 * width]
-        strides = [1, 2, 2, 1]
+        widths = [c for c in (width, 2 * width, 4 * width, 4 * width) for _ in range(repeats)]
+        channels = [in_channels] + widths
+        strides = [s if i == 0 else 1 for s in (1, 2, 2, 1) for i in range(repeats)]
         layers = []
         for c_in, c_out, stride in zip(channels[:-1], channels[1:], strides):
             layers += [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
@@ -102,7 +105,7 @@ def vit_small(width: int, image_size: int) -> nn.Module:
 def make_backbone(name: str, width: int | None = None, image_size: int = 16) -> nn.Module:
     """Build a backbone by name; the module's `out_dim` is its embedding size.
 
-    `width` is the base channel count of small_cnn and the hidden size of vit_small (None picks
+    `width` is the base channel count of small_cnn / deep_cnn and the hidden size of vit_small (None picks
     DEFAULT_WIDTH); the ResNets have their standard width.
     """
     if name not in BACKBONES:
@@ -112,6 +115,8 @@ def make_backbone(name: str, width: int | None = None, image_size: int = 16) -> 
         raise ValueError(f"width must be >= 1, got {width}")
     if name == "small_cnn":
         return SmallCNN(width)
+    if name == "deep_cnn":
+        return SmallCNN(width, repeats=2)
     if name in ("resnet18", "resnet50"):
         if width != DEFAULT_WIDTH[name]:
             raise ValueError(f"{name} has a fixed width of 64; got width={width}")

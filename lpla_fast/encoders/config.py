@@ -15,7 +15,7 @@ class TrainConfig:
     at batch 128 over about 200 members (about a minute on two CPU cores).
 
     framework: "simclr", "moco", "byol", "simsiam" or "barlowtwins".
-    backbone: "small_cnn", "resnet18", "resnet50" or "vit_small".
+    backbone: "small_cnn", "deep_cnn", "resnet18", "resnet50" or "vit_small".
     width: backbone width (None: the backbone's default, see backbones.DEFAULT_WIDTH).
     proj_dim: output size of the projection head.
     temperature: NT-Xent temperature (SimCLR, MoCo).

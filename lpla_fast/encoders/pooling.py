@@ -20,8 +20,9 @@ class GlobalAvgPool(nn.Module):
     """(B, C, H, W) -> (B, C), the mean over the spatial positions.
 
     Without autograd it runs the fused `pooled_lp_norm` op, so that `query_views` and the
-    scoring job pool through the same kernel and agree bit for bit. The op has no backward
-    yet, so training (autograd on) pools with torch's mean.
+    scoring job pool through the same kernel and agree bit for bit. Training (autograd on)
+    pools with torch's mean: the op is differentiable too, but torch's mean keeps the
+    training step entirely in torch's own kernels, forward and backward.
     """
 
     def forward(self, fmap: Tensor) -> Tensor:
@@ -50,12 +51,7 @@ def pooled_lpla_score(fmap: Tensor, K: int, p: float, mean_in: float, std_in: fl
     Returns:
         pooled: (N*K, C) pooled embeddings; norms: (N, K) their Lp-norms; scores: (N,).
 
-    This is the one place that composes the pooling and the scoring ops; a fused kernel
-    with this signature replaces its body.
     """
     if fmap.dim() != 4 or fmap.shape[0] % K:
         raise ValueError(f"fmap must be (N*K, C, H, W) with K={K} views per sample, got {tuple(fmap.shape)}")
-    pooled, _ = ops.pooled_lp_norm(fmap, p)
-    n, c = fmap.shape[0] // K, fmap.shape[1]
-    norms, scores = ops.lpla_score(pooled.view(n, K, c), p, mean_in, std_in, mean_out, std_out, log_space)
-    return pooled, norms, scores
+    return ops.pooled_lpla_score(fmap, K, p, mean_in, std_in, mean_out, std_out, log_space, return_pooled=True)

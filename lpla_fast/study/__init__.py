@@ -1,22 +1,27 @@
 """The study behind `lpla experiment` and `lpla attack`: the performance-privacy trade-off.
 
-For each contrastive framework it trains a target and a shadow encoder (cached in the run
-folder: a rerun with the same config reuses finished encoders and resumes unfinished ones),
-measures the target's feature quality, queries K augmented views of every split once at the
-largest K (smaller budgets are slices of it), and attacks the target's members and
-non-members with every attack. Then it sweeps p, K and the attacker's knowledge level, and
-correlates feature quality with leakage across frameworks. Everything goes to one run folder:
+It trains the encoders of every configuration (framework x architecture x training-time
+defense) in one parallel stage: per configuration a pool of encoders on random halves of the
+candidate pool, attacked in turn as targets (one per seed) with the others as reference
+encoders, and for the headline configurations a shadow encoder. It then measures each
+target's feature quality, queries K augmented views once at the largest K (smaller budgets
+are slices), runs every table's attacks, and reports leakage beside quality with
+across-seed intervals. Everything goes to one run folder:
 
-    config.json, splits.json               what made the run
-    encoders/<framework>/<role>/           the trained encoders (role: target, shadow)
-    embeddings/<framework>/*.npy           view embeddings (only with save_embeddings)
-    calibration-<framework>[-head].json    fitted LpLA calibrations, for `lpla score`
-    results.json, report.md, plots/*.png   every number, the report, the figures
+    config.json, splits.json                   what made the run
+    encoders/<configuration>/seed<s>|shadow/   the trained encoders
+    embeddings/<configuration>/*.npy           view embeddings (only with save_embeddings)
+    calibration-<framework>[-head].json        seed 0's fitted LpLA calibrations, for `lpla score`
+    results.json                               every number (typed records, `load_results`)
+    report.md, report.html, plots/*.png        the report and its figures
+    scores.parquet, roc/*.npz                  per-sample scores; Privacy Meter-style ROC files
 
-Modules: settings (StudyConfig, ExperimentConfig), knowledge (ViewSet, AuditSplit,
-make_knowledge), plan (the job list), run (run_experiment, run_attacks, attack_study),
-results (the typed, versioned results and load_results), stats (correlations), report,
-plots, log (stage lines).
+Modules: settings (StudyConfig, ExperimentConfig, presets), groups (configurations and their
+encoders), knowledge (ViewSet, AuditSplit, make_knowledge), plan (the tables' jobs),
+attack_stage (one target's attacks), targets (one configuration's queries, quality and
+attacks), defenses, run (run_experiment, run_attacks), results (the typed, versioned results),
+stats (across-seed intervals, correlations), report / findings / definitions / html / plots /
+exports (the outputs), log (stage lines).
 """
 
 from ..splits import ROLES

@@ -289,7 +289,7 @@ PRESETS: Dict[str, dict] = {
     "paper": dict(dataset="cifar10", backbone="resnet18", device="cuda", amp=True, epochs=200, batch_size=256,
                   sizes=SplitSizes(target_members=5000, target_nonmembers=5000, shadow_members=5000,
                                    shadow_nonmembers=5000, reference=5000, probe_train=10000, probe_test=5000),
-                  seeds=4, references=7, ladder=("resnet18-32", "resnet50", "vit_small"),
+                  seeds=4, references=7, ladder=("resnet18", "resnet50", "vit_small"),
                   release_defenses=("l2-normalize", "noise:0.1", "quantize:4"),
                   train_defenses=("epochs:50", "weight-decay:0.0005")),
 }
