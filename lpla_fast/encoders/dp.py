@@ -25,6 +25,7 @@ The privacy unit is one training image (both of its augmented views belong to it
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 
@@ -35,7 +36,7 @@ from ..augment import augment
 from .base import Encoder
 from .config import TrainConfig
 from .frameworks import build_encoder
-from .training import _check_images, resolve_device
+from .training import _batch_count, _check_images, resolve_device
 
 PER_SAMPLE_FRAMEWORKS = ("byol", "simsiam")
 COUPLED_FRAMEWORKS = {
@@ -64,6 +65,23 @@ def check_dp_config(config: TrainConfig, dp_unsafe_ok: bool = False) -> bool:
     return False
 
 
+def build_dp_encoder(config: TrainConfig) -> Encoder:
+    """A fresh encoder (see `build_encoder`) that Opacus can take per-sample gradients of:
+    in-place activations off (Opacus's backward hooks forbid them; the weights are the same),
+    and Opacus's module check passed (a ValueError names what it cannot handle)."""
+    from opacus.validators import ModuleValidator
+
+    encoder = build_encoder(config)
+    for module in encoder.modules():
+        if getattr(module, "inplace", False):
+            module.inplace = False
+    errors = ModuleValidator.validate(encoder, strict=False)
+    if errors:
+        raise ValueError(f"Opacus cannot compute per-sample gradients for backbone {config.backbone!r}: "
+                         + "; ".join(str(e) for e in errors[:3]))
+    return encoder
+
+
 def train_encoder_dp(images: Tensor, config: TrainConfig, *, noise_multiplier: float | None = None,
                      target_epsilon: float | None = None, max_grad_norm: float = 1.0, delta: float | None = None,
                      accountant: str = "rdp", dp_unsafe_ok: bool = False, progress: bool = False) -> Encoder:
@@ -72,7 +90,8 @@ def train_encoder_dp(images: Tensor, config: TrainConfig, *, noise_multiplier: f
     Args:
         images: (N, 3, H, W) float tensor in [0, 1], the members (N >= 2).
         config: the recipe, with norm="group"; batch_size is the expected Poisson batch size
-            (sample rate batch_size / N); Adam with config.lr and weight_decay. No checkpoints.
+            (sample rate batch_size / N), with as many steps per epoch as `train_encoder` takes;
+            Adam with config.lr and weight_decay. No checkpoints.
         noise_multiplier / target_epsilon: exactly one: the noise std relative to
             max_grad_norm, or the epsilon to reach after config.epochs (Opacus picks the noise).
         max_grad_norm: the per-sample clipping bound.
@@ -84,7 +103,7 @@ def train_encoder_dp(images: Tensor, config: TrainConfig, *, noise_multiplier: f
         sample_rate, steps, accountant, guarantee}.
     """
     from opacus import PrivacyEngine
-    from opacus.validators import ModuleValidator
+    from opacus.accountants.utils import get_noise_multiplier
 
     _check_images(images, config)
     guarantee = check_dp_config(config, dp_unsafe_ok)
@@ -109,14 +128,7 @@ def train_encoder_dp(images: Tensor, config: TrainConfig, *, noise_multiplier: f
         # Expected here: no secure RNG (reproducible runs), and the first layer's input needs no grad.
         warnings.filterwarnings("ignore", message="Secure RNG turned off")
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
-        encoder = build_encoder(config).to(device)
-        for module in encoder.modules():  # Opacus's backward hooks forbid in-place activations
-            if getattr(module, "inplace", False):
-                module.inplace = False
-        errors = ModuleValidator.validate(encoder, strict=False)
-        if errors:
-            raise ValueError(f"Opacus cannot compute per-sample gradients for backbone {config.backbone!r}: "
-                             + "; ".join(str(e) for e in errors[:3]))
+        encoder = build_dp_encoder(config).to(device)
         trainable = [p for p in encoder.parameters() if p.requires_grad]
         optimizer = torch.optim.Adam(trainable, lr=config.lr, weight_decay=config.weight_decay)
         loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.arange(n)),
@@ -124,12 +136,13 @@ def train_encoder_dp(images: Tensor, config: TrainConfig, *, noise_multiplier: f
         engine = PrivacyEngine(accountant=accountant)
         common = dict(module=encoder, optimizer=optimizer, data_loader=loader, max_grad_norm=max_grad_norm,
                       poisson_sampling=True, noise_generator=torch.Generator(device=device).manual_seed(config.seed))
+        steps = config.epochs * _batch_count(n, config.batch_size)  # as many steps as plain training
         if target_epsilon is not None:
-            model, optimizer, loader = engine.make_private_with_epsilon(
-                target_epsilon=target_epsilon, target_delta=delta, epochs=config.epochs, **common)
-        else:
-            model, optimizer, loader = engine.make_private(noise_multiplier=noise_multiplier, **common)
-        steps = _train(encoder, optimizer, loader, images.to(device), config, device, progress)
+            noise_multiplier = get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta,
+                                                    sample_rate=loader.batch_size / n, steps=steps,
+                                                    accountant=accountant)
+        model, optimizer, loader = engine.make_private(noise_multiplier=noise_multiplier, **common)
+        _train(encoder, optimizer, loader, images.to(device), config, steps, device, progress)
     model.to_standard_module()  # removes Opacus's hooks and per-sample attributes
     epsilon = engine.get_epsilon(delta) if steps else 0.0
     encoder.privacy_ = {"epsilon": float(epsilon), "delta": float(delta),
@@ -139,17 +152,21 @@ def train_encoder_dp(images: Tensor, config: TrainConfig, *, noise_multiplier: f
     return encoder.eval()
 
 
-def _train(encoder: Encoder, optimizer, loader, images: Tensor, config: TrainConfig, device, progress: bool) -> int:
-    """The DP-SGD loop; returns the number of optimizer steps (what the accountant counted)."""
+def _train(encoder: Encoder, optimizer, loader, images: Tensor, config: TrainConfig, steps: int, device,
+           progress: bool) -> None:
+    """The DP-SGD loop: `steps` Poisson batches, as many per epoch as plain training takes."""
     from tqdm.auto import tqdm
 
     generator = torch.Generator(device=device).manual_seed(config.seed)
-    total_steps, step = max(1, config.epochs * len(loader)), 0
+    per_epoch = steps // max(1, config.epochs)
+    batches = (batch for _ in itertools.count() for batch in loader)  # the Poisson sampler, endlessly
+    step = 0
     for _ in tqdm(range(config.epochs), disable=not progress, desc=f"dp {config.framework}", unit="epoch"):
         encoder.train()
         losses = []
-        for (idx,) in loader:
-            encoder.before_step(step / total_steps)
+        for _ in range(per_epoch):
+            (idx,) = next(batches)
+            encoder.before_step(step / max(1, steps))
             optimizer.zero_grad(set_to_none=True)
             if len(idx) == 0:  # an empty Poisson batch still takes a (noise-only) step
                 for p in optimizer.params:
@@ -165,4 +182,3 @@ def _train(encoder: Encoder, optimizer, loader, images: Tensor, config: TrainCon
             optimizer.step()
             step += 1
         encoder.history_.append(sum(losses) / len(losses) if losses else float("nan"))
-    return step

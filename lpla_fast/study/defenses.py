@@ -149,9 +149,9 @@ class ReleaseDefense:
 
     @property
     def label(self) -> str:
-        return {"normalize": "L2-normalized", "noise": f"noise σ={self.param:g}",
-                "quantize": f"{self.param} bits", "quantize_vector": f"{self.param} bits/vector",
-                "truncate": f"first {self.param} dims", "truncate_random": f"{self.param} random dims"}[self.name]
+        return {"normalize": "L2-normalized", "noise": "noise σ={:g}", "quantize": "{} bits",
+                "quantize_vector": "{} bits/vector", "truncate": "first {} dims",
+                "truncate_random": "{} random dims"}[self.name].format(self.param)
 
     @property
     def needs_scale(self) -> bool:
@@ -284,8 +284,8 @@ class TrainingDefense:
 
     @property
     def label(self) -> str:
-        return {"epochs": f"{self.param:g}× epochs", "weight_decay": f"weight decay {self.param:g}",
-                "members": f"{self.param:g}× members", "dp": f"DP-SGD ε={self.param:g}"}[self.name]
+        return {"epochs": "{:g}× epochs", "weight_decay": "weight decay {:g}", "members": "{:g}× members",
+                "dp": "DP-SGD ε={:g}"}[self.name].format(self.param)
 
     @property
     def members_factor(self) -> float:
