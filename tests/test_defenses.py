@@ -187,6 +187,12 @@ def test_dp_sgd_trains_reports_a_finite_epsilon_and_gives_a_usable_encoder(tmp_p
     assert torch.allclose(query_views(load_encoder(str(tmp_path)), digits.images[:5], K=2), z)
 
 
+def test_dp_sgd_reaches_a_target_epsilon(digits):
+    encoder = train_encoder_dp(digits.images[:64], dp_config("byol", epochs=1), target_epsilon=4.0)
+    assert encoder.privacy_["epsilon"] == pytest.approx(4.0, rel=0.05)
+    assert encoder.privacy_["noise_multiplier"] > 0
+
+
 @pytest.mark.parametrize("framework, reason", [("simclr", "negatives"), ("moco", "queue"),
                                                ("barlowtwins", "cross-correlation")])
 def test_dp_sgd_refuses_coupled_losses_unless_told(digits, framework, reason):
