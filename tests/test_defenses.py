@@ -205,11 +205,13 @@ def test_dp_sgd_refuses_coupled_losses_unless_told(digits, framework, reason):
         assert encoder.privacy_["guarantee"] is False
 
 
-def test_dp_sgd_refuses_batchnorm_and_unclear_noise(digits):
+def test_dp_sgd_refuses_batchnorm_unclear_noise_and_unsupported_backbones(digits):
     with pytest.raises(ValueError, match="norm='group'"):
         train_encoder_dp(digits.images[:64], dp_config("simsiam", norm="batch"), noise_multiplier=1.0)
     with pytest.raises(ValueError, match="exactly one of noise_multiplier and target_epsilon"):
         train_encoder_dp(digits.images[:64], dp_config("simsiam"))
+    with pytest.raises(ValueError, match="cannot train backbone 'resnet18': torchvision's residual blocks add in place"):
+        build_dp_encoder(dp_config("simsiam", backbone="resnet18", width=None, image_size=32))
 
 
 @pytest.mark.filterwarnings("ignore:Full backward hook is firing")

@@ -20,7 +20,8 @@ that sample alone (given the weights). Two things break this:
   `dp_unsafe_ok=True` (then a warning, and privacy_["guarantee"] is False: clipping and noise
   still act as a regularizer, whose empirical leakage the study can measure).
 
-The privacy unit is one training image (both of its augmented views belong to it).
+The privacy unit is one training image (both of its augmented views belong to it). Backbone:
+the small CNN; the ResNets and the ViT are refused (UNSUPPORTED_BACKBONES says why).
 """
 
 from __future__ import annotations
@@ -39,6 +40,11 @@ from .frameworks import build_encoder
 from .training import _batch_count, _check_images, resolve_device
 
 PER_SAMPLE_FRAMEWORKS = ("byol", "simsiam")
+UNSUPPORTED_BACKBONES = {
+    "resnet18": "torchvision's residual blocks add in place, which Opacus's backward hooks forbid",
+    "resnet50": "torchvision's residual blocks add in place, which Opacus's backward hooks forbid",
+    "vit_small": "Opacus has no per-sample gradient rule for nn.MultiheadAttention",
+}
 COUPLED_FRAMEWORKS = {
     "simclr": "NT-Xent uses the batch's other samples as negatives",
     "moco": "the queue of negatives holds other samples' keys (and is saved with the model)",
@@ -71,6 +77,9 @@ def build_dp_encoder(config: TrainConfig) -> Encoder:
     and Opacus's module check passed (a ValueError names what it cannot handle)."""
     from opacus.validators import ModuleValidator
 
+    if config.backbone in UNSUPPORTED_BACKBONES:
+        raise ValueError(f"DP-SGD cannot train backbone {config.backbone!r}: {UNSUPPORTED_BACKBONES[config.backbone]}; "
+                         "use backbone='small_cnn'")
     encoder = build_encoder(config)
     for module in encoder.modules():
         if getattr(module, "inplace", False):
