@@ -7,7 +7,8 @@ A `ReleaseDefense` maps (N, K, D) view embeddings to the released ones:
 - "normalize": every vector scaled to unit L2 norm. The L2 norm level is then the same for
   every sample, so any statistic of it (LpLA at p = 2: "view", "mean_spread") is at chance.
   Norms at p != 2 of unit vectors still vary with the vector's shape (its direction), so
-  statistics at other p keep whatever the directions carry.
+  statistics at other p keep whatever the directions carry, and cosines between views
+  (EncoderMI) do not change at all.
 - "noise:<sigma>": adds Gaussian noise of per-coordinate std sigma * s / sqrt(D), s the
   encoder's typical L2 norm, so the noise vector's norm is about sigma times a typical
   embedding's. The noise is a fixed function of (seed, sample id, view index): asking the
