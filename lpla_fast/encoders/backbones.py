@@ -4,6 +4,7 @@ releases and what the attacks query by default."""
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 from torch import nn
@@ -122,6 +123,23 @@ def make_backbone(name: str, width: int | None = None, image_size: int = 16) -> 
             raise ValueError(f"{name} has a fixed width of 64; got width={width}")
         return resnet_cifar(name)
     return vit_small(width, image_size)
+
+
+def replace_batch_norm(module: nn.Module) -> nn.Module:
+    """Swap every BatchNorm in `module` (in place) for a GroupNorm: over (B, C, H, W) maps with
+    gcd(C, 8) groups, over (B, C) features with one group (a LayerNorm with a per-channel affine;
+    more groups of a few features would normalize each group to +-1)."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.modules.batchnorm._BatchNorm):
+            c = child.num_features
+            groups = 1 if isinstance(child, nn.BatchNorm1d) else math.gcd(c, 8)
+            norm = nn.GroupNorm(groups, c, eps=child.eps, affine=child.affine)
+            if child.affine:  # a frozen (momentum) branch stays frozen
+                norm.requires_grad_(child.weight.requires_grad)
+            setattr(module, name, norm)
+        else:
+            replace_batch_norm(child)
+    return module
 
 
 @torch.no_grad()

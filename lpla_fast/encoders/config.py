@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 FRAMEWORKS = ("simclr", "moco", "byol", "simsiam", "barlowtwins")
+NORMS = ("batch", "group")
 EXTERNAL = "external"  # an encoder loaded from elsewhere: usable for queries, not trainable here
 
 
@@ -24,6 +25,8 @@ class TrainConfig:
     augmentation: view policy name (see lpla_fast.augment.POLICIES).
     checkpoint_every: epochs between checkpoints when a checkpoint folder is given.
     amp: bf16 autocast, on CUDA only.
+    norm: "batch" (BatchNorm, the default) or "group" (every BatchNorm of backbone and heads
+        replaced by GroupNorm: no statistic couples the samples of a batch, as DP-SGD needs).
     dataset: name of the data the encoder is trained on (recorded, not used by training).
     """
 
@@ -45,6 +48,7 @@ class TrainConfig:
     amp: bool = False
     checkpoint_every: int = 50
     dataset: str = "digits"
+    norm: str = "batch"
 
     def __post_init__(self):
         from ..augment import POLICIES
@@ -65,6 +69,8 @@ class TrainConfig:
             raise ValueError(f"batch_size must be >= 2 (contrastive losses compare samples), got {self.batch_size}")
         if not self.lr > 0 or not self.temperature > 0:
             raise ValueError(f"lr and temperature must be > 0, got lr={self.lr}, temperature={self.temperature}")
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
         if not 0.0 <= self.momentum <= 1.0:
             raise ValueError(f"momentum must be in [0, 1], got {self.momentum}")
 

@@ -27,18 +27,25 @@ def feature_quality(encoder: Encoder, train_images: Tensor, train_labels, test_i
 
     Returns dict(linear_probe=float, knn=float, chance=float).
     """
+    y_train, y_test = np.asarray(train_labels), np.asarray(test_labels)
+    if len(y_train) != len(train_images) or len(y_test) != len(test_images):
+        raise ValueError("labels and images differ in length")
+    return probe_accuracy(extract_features(encoder, train_images, output), y_train,
+                          extract_features(encoder, test_images, output), y_test, knn_k)
+
+
+def probe_accuracy(x_train: np.ndarray, y_train, x_test: np.ndarray, y_test, knn_k: int = 20) -> dict:
+    """The two probes of `feature_quality` on given (N, D) features (e.g. defended ones)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.neighbors import KNeighborsClassifier
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    y_train, y_test = np.asarray(train_labels), np.asarray(test_labels)
-    if len(y_train) != len(train_images) or len(y_test) != len(test_images):
-        raise ValueError("labels and images differ in length")
+    y_train, y_test = np.asarray(y_train), np.asarray(y_test)
+    if len(y_train) != len(x_train) or len(y_test) != len(x_test):
+        raise ValueError("labels and features differ in length")
     if len(np.unique(y_train)) < 2:
         raise ValueError("the probe train split needs at least two classes")
-    x_train = extract_features(encoder, train_images, output)
-    x_test = extract_features(encoder, test_images, output)
     probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(x_train, y_train)
     knn = KNeighborsClassifier(n_neighbors=min(knn_k, len(y_train)), metric="cosine").fit(x_train, y_train)
     return {
