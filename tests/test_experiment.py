@@ -34,7 +34,7 @@ def test_quick_experiment_writes_every_output(quick_run):
         for model in ("seed0", "seed1", "seed2", "seed3", "shadow"):
             assert (quick_run / "encoders" / f"{framework}-small_cnn-8" / model / "model.safetensors").is_file()
     assert (quick_run / "encoders" / "simclr-small_cnn-4" / "seed0" / "model.safetensors").is_file()
-    assert (quick_run / "encoders" / "simclr-small_cnn-8-epochs1" / "seed0" / "model.safetensors").is_file()
+    assert (quick_run / "encoders" / "simclr-small_cnn-8-epochs0.5" / "seed0" / "model.safetensors").is_file()
 
 
 def test_results_hold_every_study_with_intervals(quick_run):
@@ -64,7 +64,7 @@ def test_results_hold_every_study_with_intervals(quick_run):
     for target in results.targets():
         assert 0 <= target.feature_quality["backbone"]["linear_probe"] <= 1
         assert target.epochs in (1, 2) and target.audit_split is not None
-    assert [(e.width, e.defense) for e in results.targets()][-2:] == [(4, None), (8, "epochs:1")]
+    assert [(e.width, e.defense) for e in results.targets()][-2:] == [(4, None), (8, "epochs:0.5")]
     assert results.timings["total"] > 0 and "train" in results.timings["stages"]
     assert ExperimentConfig.from_dict(json.loads((quick_run / "config.json").read_text())) == ExperimentConfig.quick()
 
@@ -88,11 +88,11 @@ def test_reference_ladder_and_defense_tables(quick_run):
     assert {r.width for r in ladder} == {4, 8} and all(r.evaluated == "audit_halves" for r in ladder)
     # Defenses: undefended, two release-time ones (on the headline targets), one training-time.
     defended = {r.defense for r in results.select(study="defense", attack="lpla", k=4, output="head")}
-    assert defended == {None, "l2-normalize", "noise:0.5", "epochs:1"}
-    normalized = results.select(study="defense", defense="l2-normalize", attack="norm", k=4, output="head")
+    assert defended == {None, "normalize", "noise:0.5", "epochs:0.5"}
+    normalized = results.select(study="defense", defense="normalize", attack="norm", k=4, output="head")
     assert all(abs(r.auc - 0.5) < 0.25 for r in normalized)  # every norm is 1 (up to rounding): chance
     target = results.targets()[0]
-    assert set(target.defended_quality) == {"l2-normalize", "noise:0.5"}
+    assert set(target.defended_quality) == {"normalize", "noise:0.5"}
 
 
 def test_report_has_the_tables_and_definitions(quick_run):

@@ -49,6 +49,8 @@ def add_parser(subparsers) -> None:
                         help="release-time defenses, e.g. l2-normalize noise:0.1 quantize:4 truncate:32")
     parser.add_argument("--train-defenses", nargs="*", metavar="DEFENSE",
                         help="training-time defenses, e.g. epochs:100 weight-decay:0.001 members:2 dp-sgd:8")
+    parser.add_argument("--defense-framework", choices=FRAMEWORKS, metavar="NAME",
+                        help="the framework the defenses are measured on (default simclr; DP-SGD needs byol or simsiam)")
     parser.add_argument("--workers", type=int, help="training processes (default: one per CPU core on a CPU)")
     parser.add_argument("--outputs", nargs="+", choices=OUTPUTS, metavar="OUTPUT",
                         help="representations attacked, of %(choices)s (default: both)")
@@ -73,7 +75,7 @@ def build_config(args):
     overrides = {name: getattr(args, name) for name in (
         "frameworks", "shadow_framework", "dataset", "data_root", "image_size", "backbone", "width", "epochs",
         "batch_size", "lr", "device", "seed", "outputs", "seeds", "references", "ladder", "release_defenses",
-        "train_defenses", "workers") if getattr(args, name) is not None}
+        "train_defenses", "defense_framework", "workers") if getattr(args, name) is not None}
     if args.amp:
         overrides["amp"] = True
     if args.save_embeddings:

@@ -30,12 +30,14 @@ from .training import resolve_device, train_encoder
 
 @dataclass
 class TrainJob:
-    """One encoder to train: its members, its config and its checkpoint folder."""
+    """One encoder to train: its members, its config and its checkpoint folder; with
+    `dp_epsilon`, trained by DP-SGD to that epsilon (`encoders.dp`, no intermediate checkpoints)."""
 
     images: Tensor
     config: TrainConfig
     folder: str
     name: str = ""
+    dp_epsilon: Optional[float] = None
 
 
 def default_workers(configs: List[TrainConfig]) -> int:
@@ -68,9 +70,7 @@ def train_encoders(jobs: List[TrainJob], workers: Optional[int] = None, progress
     seconds = [0.0] * len(jobs)
     if workers == 1 or len(jobs) <= 1:
         for i, job in enumerate(jobs):
-            start = time.perf_counter()
-            train_encoder(job.images, job.config, checkpoint_dir=job.folder, progress=progress)
-            seconds[i] = time.perf_counter() - start
+            seconds[i] = _train_one(job.images, job.config.to_dict(), job.folder, job.dp_epsilon, progress)
             _tell(say, job, seconds[i], before[i])
     else:
         _train_in_workers(jobs, workers, seconds, before, say)
@@ -91,7 +91,7 @@ def _train_in_workers(jobs, workers, seconds, before, say) -> None:
     # spawn, not fork: the parent already runs torch's thread pools, which fork would break.
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
                              initializer=torch.set_num_threads, initargs=(1,)) as pool:
-        pending = {pool.submit(_train_one, job.images, job.config.to_dict(), job.folder): i
+        pending = {pool.submit(_train_one, job.images, job.config.to_dict(), job.folder, job.dp_epsilon): i
                    for i, job in enumerate(jobs)}
         while pending:
             finished, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -103,9 +103,20 @@ def _train_in_workers(jobs, workers, seconds, before, say) -> None:
     bar.close()
 
 
-def _train_one(images: Tensor, config: dict, folder: str) -> float:
+def _train_one(images: Tensor, config: dict, folder: str, dp_epsilon: Optional[float] = None,
+               progress: bool = False) -> float:
     start = time.perf_counter()
-    train_encoder(images, TrainConfig.from_dict(config), checkpoint_dir=folder, progress=False)
+    config = TrainConfig.from_dict(config)
+    if dp_epsilon is None:
+        train_encoder(images, config, checkpoint_dir=folder, progress=progress)
+    elif epochs_done(folder) < config.epochs:  # DP-SGD has no resume: train it whole, or reuse it
+        from ..study.defenses import DP_MAX_GRAD_NORM
+        from .checkpoint import save_encoder
+        from .dp import train_encoder_dp
+
+        encoder = train_encoder_dp(images, config, target_epsilon=dp_epsilon, max_grad_norm=DP_MAX_GRAD_NORM,
+                                   progress=progress)
+        save_encoder(encoder, folder)
     return time.perf_counter() - start
 
 

@@ -24,6 +24,7 @@ from ..attacks import draw_reference_masks
 from ..encoders.backbones import DEFAULT_WIDTH
 from ..encoders.parallel import TrainJob
 from ..splits import Splits
+from .defenses import TrainingDefense
 from .settings import SHADOW_SEED_OFFSET, ExperimentConfig, parse_architecture
 
 AXES = ("headline", "ladder", "defense")
@@ -76,6 +77,8 @@ def plan_groups(config: ExperimentConfig) -> List[EncoderGroup]:
             groups.append(EncoderGroup("ladder", fw, backbone, width, None, config.ladder_seeds,
                                        config.ladder_seeds, False))
     for defense in config.train_defenses:
+        if TrainingDefense.parse(defense).dp_epsilon is not None:
+            check_dp(config.defense_framework, defense)
         groups.append(EncoderGroup("defense", config.defense_framework, config.backbone, base_width, defense,
                                    config.defense_seeds, config.defense_seeds, False))
     seen, unique = set(), []
@@ -106,28 +109,47 @@ def candidates(splits: Splits) -> np.ndarray:
     return np.concatenate([splits["target_members"], splits["target_nonmembers"]])
 
 
+def _extra_members(defense, splits: Splits, n_members: int) -> np.ndarray:
+    """The members that the "members:m" defense adds to each pool encoder's half: drawn from the
+    shadow splits, which a defense configuration (it has no shadow encoder) does not use."""
+    n_extra = int(round((defense.members_factor - 1.0) * n_members))
+    spare = np.concatenate([splits["shadow_members"], splits["shadow_nonmembers"]])
+    if n_extra > len(spare):
+        raise ValueError(f"defense {defense.spec!r} needs {n_extra} more members per encoder, but the shadow splits "
+                         f"that supply them hold {len(spare)}: lower the factor or enlarge the shadow splits")
+    return spare[:n_extra]
+
+
+def check_dp(framework: str, defense: str) -> None:
+    """DP-SGD bounds one sample's influence only for a loss made of per-sample terms."""
+    from ..encoders.dp import PER_SAMPLE_FRAMEWORKS
+
+    if framework not in PER_SAMPLE_FRAMEWORKS:
+        raise ValueError(f"training defense {defense!r} (DP-SGD) needs a framework whose loss is a sum of "
+                         f"per-sample terms ({', '.join(PER_SAMPLE_FRAMEWORKS)}); the defense framework is "
+                         f"{framework!r}: pass --defense-framework byol (see the README's Defenses)")
+
+
 def train_jobs(config: ExperimentConfig, group: EncoderGroup, images: torch.Tensor, splits: Splits,
                masks: np.ndarray, out_dir: str) -> List[TrainJob]:
     """The TrainJobs of one group: its pool encoders (seed index m) then its shadow."""
-    from .defenses import TrainingDefense
-
     image_size = int(images.shape[-1])
     pool = candidates(splits)
     defense = TrainingDefense.parse(group.defense) if group.defense else None
-    changes = defense.train_changes() if defense else {}
-    extra = defense.extra_members(splits) if defense else np.zeros(0, np.int64)
+    extra = _extra_members(defense, splits, int(masks[0].sum())) if defense else np.zeros(0, np.int64)
     folder = os.path.join(out_dir, "encoders", group.key)
     jobs = []
     for m in range(group.models):
         members = np.concatenate([pool[masks[m]], extra])
-        train_config = config.train_config(group.framework, image_size, config.seed + m, group.backbone,
-                                           group.width, **changes)
+        train_config = config.train_config(group.framework, image_size, config.seed + m, group.backbone, group.width)
+        if defense:
+            train_config = defense.train_config(train_config)
         jobs.append(TrainJob(images[torch.as_tensor(members)], train_config, os.path.join(folder, f"seed{m}"),
-                             name=f"{group.key}/seed{m}"))
+                             name=f"{group.key}/seed{m}", dp_epsilon=defense.dp_epsilon if defense else None))
     if group.shadow:
         framework = config.shadow_framework or group.framework
         train_config = config.train_config(framework, image_size, config.seed + SHADOW_SEED_OFFSET,
-                                           group.backbone, group.width, **changes)
+                                           group.backbone, group.width)
         jobs.append(TrainJob(images[torch.as_tensor(splits["shadow_members"])], train_config,
                              os.path.join(folder, "shadow"), name=f"{group.key}/shadow"))
     return jobs

@@ -183,6 +183,12 @@ class ExperimentConfig:
                 raise ValueError(f"unknown framework {name!r}; choose from {', '.join(FRAMEWORKS)}")
         for arch in self.ladder:
             parse_architecture(arch)
+        from .defenses import ReleaseDefense, TrainingDefense
+
+        for spec in self.release_defenses:
+            ReleaseDefense.parse(spec)
+        for spec in self.train_defenses:
+            TrainingDefense.parse(spec)
         if not self.frameworks:
             raise ValueError("frameworks is empty; name at least one of " + ", ".join(FRAMEWORKS))
         for name in self.frameworks + ((self.shadow_framework,) if self.shadow_framework else ()):
@@ -212,7 +218,7 @@ class ExperimentConfig:
             study=StudyConfig(k=4, ks=(1, 2, 4), n_bootstrap=100, attack_params={"knn": {"k": 5}},
                               reference_ks=(1, 4), reference_statistics=("lpla", "encodermi")),
             seeds=2, references=3, ladder=("small_cnn-4",), ladder_frameworks=("simclr",),
-            release_defenses=("l2-normalize", "noise:0.5"), train_defenses=("epochs:1",), workers=1,
+            release_defenses=("normalize", "noise:0.5"), train_defenses=("epochs:0.5",), workers=1,
         )
         base.update(overrides)
         return cls(**base)
@@ -277,21 +283,21 @@ PRESETS: Dict[str, dict] = {
     "default": dict(sizes=SplitSizes(target_members=128, target_nonmembers=128, shadow_members=128,
                                      shadow_nonmembers=128, reference=200, probe_train=600, probe_test=485),
                     seeds=4, references=3, ladder=("small_cnn-8", "small_cnn-16"),
-                    release_defenses=("l2-normalize", "noise:0.1", "noise:0.3", "quantize:4", "truncate:32"),
-                    train_defenses=("epochs:100", "weight-decay:0.001")),
+                    release_defenses=("normalize", "noise:0.1", "noise:0.3", "quantize:4", "truncate:32"),
+                    train_defenses=("epochs:0.33", "weight_decay:0.001")),
     "full": dict(seeds=8, references=7, ladder=("small_cnn-8", "small_cnn-16", "small_cnn-64", "deep_cnn-32",
                                                  "resnet18", "vit_small"),
                  ladder_seeds=2, defense_seeds=2,
-                 release_defenses=("l2-normalize", "noise:0.05", "noise:0.1", "noise:0.3", "quantize:2",
-                                   "quantize:4", "truncate:16", "truncate:32"),
-                 train_defenses=("epochs:50", "epochs:100", "epochs:200", "weight-decay:0.0001",
-                                 "weight-decay:0.001", "members:2", "dp-sgd:8")),
+                 release_defenses=("normalize", "noise:0.1", "noise:0.3", "noise:1", "quantize:2", "quantize:4",
+                                   "quantize_vector:2", "truncate:16", "truncate:32"),
+                 train_defenses=("epochs:0.17", "epochs:0.33", "epochs:0.67", "weight_decay:0.0001",
+                                 "weight_decay:0.001", "members:2")),
     "paper": dict(dataset="cifar10", backbone="resnet18", device="cuda", amp=True, epochs=200, batch_size=256,
                   sizes=SplitSizes(target_members=5000, target_nonmembers=5000, shadow_members=5000,
                                    shadow_nonmembers=5000, reference=5000, probe_train=10000, probe_test=5000),
                   seeds=4, references=7, ladder=("resnet18", "resnet50", "vit_small"),
-                  release_defenses=("l2-normalize", "noise:0.1", "quantize:4"),
-                  train_defenses=("epochs:50", "weight-decay:0.0005")),
+                  release_defenses=("normalize", "noise:0.1", "quantize:4"),
+                  train_defenses=("epochs:0.25", "weight_decay:0.0005")),
 }
 
 

@@ -46,18 +46,32 @@ def _save_embeddings(folder: str, prefix: str, views: Dict[str, Dict[str, Tensor
             np.save(os.path.join(folder, f"{prefix}-{split}-{output}.npy"), tensor.numpy())
 
 
-def _defended(views: ViewSet, refs: Optional[ReferenceSet], defense, seed: int):
-    """The views the attacker gets from an API that releases defended embeddings: every
-    encoder's, since the attacker queries its own encoders through the same release."""
-    apply = lambda t: None if t is None else defense.apply(t, seed)  # noqa: E731
-    viewset = ViewSet(**{name: apply(getattr(views, name)) for name in
-                         ("members", "nonmembers", "target_reference", "shadow_members", "shadow_nonmembers",
-                          "shadow_reference")})
+def _defended(views: ViewSet, refs: Optional[ReferenceSet], defense, seed: int, ids, splits):
+    """The views the attacker gets from an API that releases defended embeddings. The defense
+    is a property of the API, so the attacker applies it to its own encoders' outputs too
+    (with its own seed). Each encoder's scale is measured on its reference-split views (data
+    the API owner holds), and each row's noise is keyed by its dataset index."""
+    reference_ids = np.asarray(splits["reference"])
+
+    def release(encoder_reference: Tensor, key: int):
+        calibrated = defense.calibrated(encoder_reference) if defense.needs_scale else defense
+        return lambda t, rows: None if t is None else calibrated.apply(t, seed + key, rows)
+
+    target = release(views.target_reference, 0)
+    shadow = release(views.shadow_reference, 1) if views.shadow_reference is not None else None
+    viewset = ViewSet(members=target(views.members, ids[0]), nonmembers=target(views.nonmembers, ids[1]),
+                      target_reference=target(views.target_reference, reference_ids),
+                      shadow_members=shadow and shadow(views.shadow_members, splits["shadow_members"]),
+                      shadow_nonmembers=shadow and shadow(views.shadow_nonmembers, splits["shadow_nonmembers"]),
+                      shadow_reference=shadow and shadow(views.shadow_reference, reference_ids))
     if refs is None:
         return viewset, None
-    return viewset, ReferenceSet(apply(refs.candidates), refs.target_mask, [apply(v) for v in refs.reference_views],
-                                 refs.reference_masks, [apply(v) for v in refs.population],
-                                 apply(refs.target_population))
+    pool = candidates(splits)
+    released = [release(population, 2 + r) for r, population in enumerate(refs.population)]
+    return viewset, ReferenceSet(target(refs.candidates, pool), refs.target_mask,
+                                 [f(v, pool) for f, v in zip(released, refs.reference_views)], refs.reference_masks,
+                                 [f(v, reference_ids) for f, v in zip(released, refs.population)],
+                                 target(refs.target_population, reference_ids))
 
 
 def _tables(config, group: EncoderGroup, max_k: int) -> list:
@@ -134,11 +148,12 @@ def attack_group(config, group: EncoderGroup, trained: List[tuple], jobs, data, 
                                              **names).records
             for spec in config.release_defenses:
                 defense = ReleaseDefense.parse(spec)
-                dviews, drefs = _defended(views, refs, defense, config.seed)
+                dviews, drefs = _defended(views, refs, defense, config.seed, ids, splits)
                 results.records += attack_target(dviews, config.study, defense_jobs, ids, drefs, progress,
                                                  **dict(names, defense=spec)).records
+                calibrated = defense.calibrated(views.target_reference) if defense.needs_scale else defense
                 target.defended_quality.setdefault(spec, {})[output] = defended_quality(
-                    trained[m][0], defense, probe[0], probe[1], output, config.seed)
+                    trained[m][0], calibrated, probe[0], probe[1], output, config.seed)
         _say_target(stages, group, target, results)
 
 
