@@ -58,18 +58,18 @@ def analytic_auc(shift, k):
 @pytest.mark.parametrize("k", [1, 4])
 def test_lpla_auc_matches_the_analytic_auc(k):
     knowledge, members, nonmembers = norm_world(k, shift=0.3)
-    attack = LpLA().fit(knowledge)
+    attack = LpLA(characteristic="view").fit(knowledge)
     assert auc_of(attack, members, nonmembers) == pytest.approx(analytic_auc(0.3, k), abs=0.03)
 
 
 def test_lpla_learns_the_direction_when_the_shift_is_flipped():
     knowledge, members, nonmembers = norm_world(4, shift=-0.3)
-    assert auc_of(LpLA().fit(knowledge), members, nonmembers) == pytest.approx(analytic_auc(0.3, 4), abs=0.03)
+    assert auc_of(LpLA(characteristic="view").fit(knowledge), members, nonmembers) == pytest.approx(analytic_auc(0.3, 4), abs=0.03)
 
 
 def test_lpla_without_signal_has_auc_one_half_within_its_interval():
     knowledge, members, nonmembers = norm_world(4, shift=0.0, n=800)
-    attack = LpLA().fit(knowledge)
+    attack = LpLA(characteristic="view").fit(knowledge)
     scores = np.concatenate([attack.score(members), attack.score(nonmembers)])
     result = evaluate(scores, np.r_[np.ones(800), np.zeros(800)], n_bootstrap=500, seed=0)
     assert result["auc"] == pytest.approx(0.5, abs=0.04)
@@ -84,8 +84,8 @@ def test_standardization_transfers_the_shadow_threshold_to_a_target_with_another
     def accuracy(attack):
         return (attack.predict(members).mean() + (~attack.predict(nonmembers)).mean()) / 2
 
-    assert accuracy(LpLA(standardize=True).fit(knowledge)) == pytest.approx(optimal, abs=0.04)
-    assert accuracy(LpLA(standardize=False).fit(knowledge)) < 0.55  # the 3x scale breaks the threshold
+    assert accuracy(LpLA(characteristic="view", standardize=True).fit(knowledge)) == pytest.approx(optimal, abs=0.04)
+    assert accuracy(LpLA(characteristic="view", standardize=False).fit(knowledge)) < 0.55  # the 3x scale breaks the threshold
 
 
 @pytest.mark.parametrize(
@@ -95,12 +95,12 @@ def test_standardization_transfers_the_shadow_threshold_to_a_target_with_another
 )
 def test_lpla_variants_find_the_signal(params):
     knowledge, members, nonmembers = norm_world(4, shift=0.3, n=600)
-    assert auc_of(LpLA(**params).fit(knowledge), members, nonmembers) > 0.7
+    assert auc_of(LpLA(characteristic="view", **params).fit(knowledge), members, nonmembers) > 0.7
 
 
 def test_lpla_scores_go_through_the_saved_calibration(tmp_path):
     knowledge, members, _ = norm_world(4, shift=0.3, n=300)
-    attack = LpLA().fit(knowledge)
+    attack = LpLA(characteristic="view").fit(knowledge)
     assert isinstance(attack.calibration_, LpLACalibration)
     attack.calibration_.save(tmp_path / "calibration.json")
     reloaded = LpLACalibration.load(tmp_path / "calibration.json")
@@ -109,7 +109,7 @@ def test_lpla_scores_go_through_the_saved_calibration(tmp_path):
 
 def test_lpla_mean_aggregation_calibration_round_trips(tmp_path):
     knowledge, members, _ = norm_world(4, shift=0.3, n=300)
-    attack = LpLA(aggregation="mean").fit(knowledge)
+    attack = LpLA(characteristic="view", aggregation="mean").fit(knowledge)
     attack.calibration_.save(tmp_path / "calibration.json")
     reloaded = LpLACalibration.load(tmp_path / "calibration.json")
     assert reloaded.aggregation == "mean"
@@ -121,7 +121,7 @@ def test_lpla_mean_aggregation_calibration_round_trips(tmp_path):
 def test_lpla_reference_only_is_two_sided(shift, density):
     knowledge, members, nonmembers = norm_world(4, shift=shift, n=600)
     reference_only = AttackerKnowledge(level="reference", target_reference=knowledge.target_reference)
-    attack = LpLA(density=density).fit(reference_only)
+    attack = LpLA(characteristic="view", density=density).fit(reference_only)
     assert attack.mode_ == "reference"
     assert auc_of(attack, members, nonmembers) > 0.7
     # About reference_fpr of the known non-members are flagged.
@@ -132,7 +132,7 @@ def test_lpla_audit_mode_calibrates_on_the_target_itself():
     _, members, nonmembers = norm_world(4, shift=0.3, n=600)
     knowledge = AttackerKnowledge(level="audit", calibration_members=norm_views(600, 4, 0.3, 3.0, seed=11),
                                   calibration_nonmembers=norm_views(600, 4, 0.0, 3.0, seed=12))
-    attack = LpLA().fit(knowledge)
+    attack = LpLA(characteristic="view").fit(knowledge)
     assert attack.mode_ == "audit"
     assert auc_of(attack, members, nonmembers) == pytest.approx(analytic_auc(0.3, 4), abs=0.04)
 
@@ -254,8 +254,8 @@ def test_lpla_needs_what_it_uses():
     without_reference = AttackerKnowledge(level="shadow", shadow_members=knowledge.shadow_members,
                                           shadow_nonmembers=knowledge.shadow_nonmembers)
     with pytest.raises(ValueError, match="shadow_reference, target_reference"):
-        LpLA().fit(without_reference)
-    LpLA(standardize=False).fit(without_reference)
+        LpLA(characteristic="view").fit(without_reference)
+    LpLA(characteristic="view", standardize=False).fit(without_reference)
 
 
 def test_bad_input_gives_clear_errors():
@@ -271,7 +271,7 @@ def test_bad_input_gives_clear_errors():
     nan[3, 1, 0] = float("nan")
     with pytest.raises(ValueError, match="shadow_nonmembers contains NaN"):
         AttackerKnowledge(level="shadow", shadow_members=good, shadow_nonmembers=nan)
-    attack = LpLA(standardize=False).fit(AttackerKnowledge(level="shadow", shadow_members=good,
+    attack = LpLA(characteristic="view", standardize=False).fit(AttackerKnowledge(level="shadow", shadow_members=good,
                                                             shadow_nonmembers=norm_views(20, 2, 0.1)))
     with pytest.raises(ValueError, match="D=17"):
         attack.score(torch.randn(5, 2, D + 1))
@@ -280,7 +280,7 @@ def test_bad_input_gives_clear_errors():
     with pytest.raises(ValueError, match="K=0"):
         attack.score(torch.empty(5, 0, D))
     with pytest.raises(ValueError, match="p must be"):
-        LpLA(p=0)
+        LpLA(characteristic="view", p=0)
     with pytest.raises(ValueError, match="unknown attack"):
         make_attack("lira-typo")
     with pytest.raises(ValueError, match="level"):

@@ -71,7 +71,7 @@ def test_results_hold_every_study_with_intervals(quick_run):
 
 def test_reference_ladder_and_defense_tables(quick_run):
     results = load_results(str(quick_run))
-    # Reference-calibrated attacks at K = 1 and K = 4, for every statistic, with 3 references each.
+    # Reference-calibrated attacks at K = 1 and K = 4, for every statistic, with 2 references each.
     refs = results.select(study="references", framework="simclr", output="head", seed=0)
     assert {(r.attack, r.params["statistic"], r.params["online"], r.k) for r in refs} == {
         (a, s, o, k) for a, o in (("lira", True), ("lira", False), ("rmia", True)) for s in ("lpla", "encodermi")
@@ -130,6 +130,15 @@ def test_head_views_equal_querying_the_head():
     backbone = query_views(encoder, images, K=3, seed=5)
     head = query_views(encoder, images, K=3, seed=5, output="head")
     torch.testing.assert_close(head_views(encoder, backbone), head, rtol=1e-4, atol=1e-5)
+
+
+def test_a_targets_references_leave_out_its_complement():
+    from lpla_fast.study.groups import reference_models
+
+    assert reference_models(0, 4) == [2, 3] and reference_models(3, 4) == [0, 1]
+    assert reference_models(1, 8) == [2, 3, 4, 5, 6, 7] and reference_models(4, 5) == [0, 1, 2, 3]
+    assert ExperimentConfig(seeds=4, references=2).pool_models == 4
+    assert ExperimentConfig(seeds=2, references=3).pool_models == 6 and ExperimentConfig(seeds=3).pool_models == 3
 
 
 def test_audit_split_is_disjoint_and_covers_both_sets():

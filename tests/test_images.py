@@ -224,7 +224,9 @@ def test_embed_then_score_equals_the_one_step_job(tmp_path, encoder_dir, calib_p
     one, two = read_scores(str(tmp_path / "one")), read_scores(str(tmp_path / "two"))
     assert one.num_rows == two.num_rows == 90
     # The embedding files are named after the parts, so they sort like them: same row order.
-    np.testing.assert_array_equal(one.column("score").to_numpy(), two.column("score").to_numpy())
+    # The one-step job's fused tail takes the norms of the pooled rows before they are rounded
+    # to float32, the two-step job of the float32 rows it wrote: equal to float precision.
+    np.testing.assert_allclose(one.column("score").to_numpy(), two.column("score").to_numpy(), rtol=1e-6, atol=1e-6)
     assert two.column("id").to_pylist()[:2] == ["a.npy:0", "a.npy:1"] and two.column("id").to_pylist()[50] == "s00000.png"
     kept = sorted(os.listdir(tmp_path / "one" / "embeddings"))
     assert kept == sorted(os.listdir(tmp_path / "emb" / "embeddings"))

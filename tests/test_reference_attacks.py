@@ -90,7 +90,7 @@ def test_online_lira_recovers_the_bayes_optimal_auc_where_a_global_threshold_is_
     # Global LpLA, calibrated on reference encoder 0 as a shadow encoder: near chance.
     shadow = AttackerKnowledge(level="shadow", shadow_members=knowledge.reference_views[0][knowledge.in_mask[0]],
                                shadow_nonmembers=knowledge.reference_views[0][~knowledge.in_mask[0]])
-    global_auc = roc_auc(LpLA(standardize=False).fit(shadow).score(views), member)
+    global_auc = roc_auc(LpLA(characteristic="view", standardize=False).fit(shadow).score(views), member)
     assert global_auc == pytest.approx(GLOBAL_AUC, abs=0.04)
     attack = make_attack("lira", statistic="lpla", online=True).fit(knowledge)
     auc = roc_auc(attack.score(views), member)
@@ -395,3 +395,26 @@ def test_rmia_matches_its_formula(online, a):
     attack = RMIA(online=online, offline_a="auto" if a is None else a).fit(knowledge)
     assert attack.direction_[0] == pytest.approx(1.0)
     np.testing.assert_array_equal(attack.score(views), expected)
+
+
+def test_two_references_take_lira_s_fixed_variance_from_the_population():
+    from lpla_fast.attacks import LiRA, ReferenceKnowledge
+    from lpla_fast.metrics import roc_auc
+
+    g = torch.Generator().manual_seed(5)
+    levels = torch.rand(200, generator=g) * 2 + 1  # each candidate's own norm level
+    member = torch.zeros(2, 200, dtype=torch.bool)
+    member[0, :100] = True
+    member[1] = ~member[0]  # one reference on each side of every candidate: no per-side variance
+
+    def encoder_views(in_mask):
+        scale = levels * (1 + 0.2 * in_mask.float()) * torch.exp(0.02 * torch.randn(200, generator=g))
+        return torch.nn.functional.normalize(torch.randn(200, 2, 8, generator=g), dim=-1) * scale[:, None, None]
+
+    population = [torch.randn(60, 2, 8, generator=g) for _ in range(2)]
+    knowledge = ReferenceKnowledge([encoder_views(member[0]), encoder_views(member[1])], member, population,
+                                   torch.randn(60, 2, 8, generator=g))
+    target_in = torch.rand(200, generator=g) < 0.5
+    attack = LiRA(statistic="lpla", online=True).fit(knowledge)
+    scores = attack.score(encoder_views(target_in))
+    assert roc_auc(scores, target_in.numpy()) > 0.9

@@ -13,11 +13,15 @@ the variance below 64 shadow models). A candidate uses its own covariance on a s
 where it has at least `min_per_side` observations (and more than V + 1 for a joint
 statistic), else the global one pooled over every candidate's deviations from its own
 mean ("auto"); fixed_variance=True always uses the global one. With balanced masks and
-the default min_per_side=8, R < 16 references means a fixed variance. Means are
+the default min_per_side=8, R < 16 references means a fixed variance. With R = 2 (one
+reference on each side of every candidate) the fixed variance comes from the population's
+spread from encoder to encoder. Means are
 per-sample sample means (LiRA uses medians, which are noisier with 4 references).
 """
 
 from __future__ import annotations
+
+from typing import Optional
 
 import numpy as np
 from scipy.stats import norm as normal
@@ -27,18 +31,24 @@ from .per_sample import ReferenceAttack, learn_direction
 
 
 def _side_model(obs: np.ndarray, side: np.ndarray, per_sample: str, min_per_side: int, min_std: float,
-                diagonal: bool):
+                diagonal: bool, population: Optional[np.ndarray] = None):
     """Per-sample mean (N, V) and covariance ((V, V) global, or (N, V, V)) of obs (R, N, V)
-    over the references where side (R, N) is True."""
+    over the references where side (R, N) is True. When no candidate has two references on
+    the side (R = 2 with balanced masks), the global covariance is the population's (R, M, V)
+    spread from encoder to encoder: population samples are out of every encoder, so this is
+    the out side's variance, which LiRA's fixed variance assumes for both sides."""
     count = side.sum(axis=0)
     weights = side[..., None].astype(np.float64)
     mean = (obs * weights).sum(axis=0) / np.maximum(count, 1)[:, None]
     residuals = (obs - mean[None]) * weights
     dof = float(np.maximum(count - 1, 0).sum())
-    if dof == 0:
-        raise ValueError("no candidate has two reference encoders on one side, so no variance can be estimated; "
-                         "use more reference encoders (R >= 4 with balanced masks)")
     flat = residuals.reshape(-1, obs.shape[-1])
+    if dof == 0:
+        if population is None or population.shape[0] < 2:
+            raise ValueError("no candidate has two reference encoders on one side, so no variance can be estimated; "
+                             "use more reference encoders (R >= 4 with balanced masks), or give population views")
+        flat = (population - population.mean(axis=0, keepdims=True)).reshape(-1, obs.shape[-1])
+        dof = float(population.shape[1] * (population.shape[0] - 1))
     global_cov = gaussian.covariance(flat, dof, min_std, diagonal)
     v = obs.shape[-1]
     enough = count >= (2 if per_sample == "all" else min_per_side)
@@ -95,13 +105,14 @@ class LiRA(ReferenceAttack):
         self.reference_fpr = float(reference_fpr)
 
     def fit(self, knowledge) -> "LiRA":
-        obs, _, _ = self._measure(knowledge, self.online, need_population=False)
+        obs, population, _ = self._measure(knowledge, self.online, need_population=False)
         mask = knowledge.in_mask
         per_sample = {"auto": "enough", True: "never", False: "all"}[self.fixed_variance]
         diagonal = self._info.per_view
-        self.mean_out_, self.cov_out_ = _side_model(obs, ~mask, per_sample, self.min_per_side, self.min_std, diagonal)
+        args = (per_sample, self.min_per_side, self.min_std, diagonal, population)
+        self.mean_out_, self.cov_out_ = _side_model(obs, ~mask, *args)
         if self.online:
-            self.mean_in_, self.cov_in_ = _side_model(obs, mask, per_sample, self.min_per_side, self.min_std, diagonal)
+            self.mean_in_, self.cov_in_ = _side_model(obs, mask, *args)
             self.direction_ = None
             self.threshold_ = 0.0
         else:

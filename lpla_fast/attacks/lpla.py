@@ -23,7 +23,7 @@ own definition, and every choice is a parameter:
   non-members (shadow with shadow_reference, target with target_reference), so a
   calibration fitted on a shadow encoder transfers to a target with another norm scale.
 - characteristic: which "distribution characteristic" of the K view norms is modelled.
-  "view" (default) is the per-view statistic above. The others describe each sample as a
+  "view" is the per-view statistic above. The others describe each sample as a
   whole (see `statistics.norm_characteristic`) and get member / non-member Gaussians over
   samples, multivariate with a full covariance, score log N_in(c) - log N_out(c):
   "mean_spread" (mean and std of the K view statistics, jointly: the views share one norm
@@ -32,6 +32,8 @@ own definition, and every choice is a parameter:
   inf). Each coordinate is standardized by the encoder's reference non-members; with
   reference-only knowledge the score is the two-sided Mahalanobis distance from them.
   `aggregation` applies to "view" only; KDE to one-dimensional characteristics only.
+  "auto" (the default) picks by the fitted knowledge's query budget (AUTO_CHOICE): the
+  resultant length with K >= 2 views, the vector over p with one view.
 - Per-sample calibration against reference encoders (LiRA, RMIA) is in `lira` / `rmia`.
 """
 
@@ -57,6 +59,12 @@ DENSITIES = ("gaussian", "kde")
 AGGREGATIONS = ("sum", "mean")
 MODES = ("auto", "reference", "shadow", "audit")
 CHARACTERISTICS = ("view", "mean_spread", "resultant", "multi_p")
+# characteristic="auto" (the default) picks by the query budget of the knowledge it is fitted
+# on, the winners of the default study's ablation (README: Results of the default run):
+# with K >= 2 views the resultant length, with one view the vector over p (the only
+# characteristics that work with one view are "view" and "multi_p").
+AUTO = "auto"
+AUTO_CHOICE = {"several_views": "resultant", "one_view": "multi_p"}
 
 
 def _check_choice(name, value, allowed):
@@ -103,11 +111,12 @@ class LpLA(Attack):
         reference_fpr: with reference-only knowledge, `threshold_` flags this fraction of
             the reference non-members.
         min_std: floor of fitted standard deviations.
-        characteristic: "view", "mean_spread", "resultant" or "multi_p" (module docstring).
+        characteristic: "auto" (default), "view", "mean_spread", "resultant" or "multi_p" (module docstring).
         max_kde_points: KDE support size (a seeded subsample beyond it).
         seed: seed of that subsample.
 
-    Fitted: calibration_ (the LpLACalibration `lpla score` applies, for every characteristic
+    Fitted: characteristic_ (the characteristic in use, "auto" resolved), calibration_ (the
+    LpLACalibration `lpla score` applies, for every characteristic
     with density="gaussian"; None with KDE), gaussians_ (the in / out means and covariances
     of the vector characteristics), mode_, dim_, threshold_, reference_moments_, kde_in_ /
     kde_out_ (KDE support points, standardized units).
@@ -122,12 +131,12 @@ class LpLA(Attack):
     def __init__(self, p: float = 2.0, statistic: str = "log", density: str = "gaussian",
                  aggregation: str = "sum", knowledge: str = "auto", standardize: bool = True,
                  reference_spread: float = 2.0, reference_fpr: float = 0.1, min_std: float = 1e-6,
-                 max_kde_points: int = 2048, seed: int = 0, characteristic: str = "view"):
+                 max_kde_points: int = 2048, seed: int = 0, characteristic: str = AUTO):
         _check_choice("statistic", statistic, STATISTICS)
         _check_choice("density", density, DENSITIES)
         _check_choice("aggregation", aggregation, AGGREGATIONS)
         _check_choice("knowledge", knowledge, MODES)
-        _check_choice("characteristic", characteristic, CHARACTERISTICS)
+        _check_choice("characteristic", characteristic, CHARACTERISTICS + (AUTO,))
         if density == "kde" and characteristic in ("mean_spread", "multi_p"):
             raise ValueError(f"density='kde' is one-dimensional; characteristic {characteristic!r} is a vector")
         if not reference_spread > 1:
@@ -146,24 +155,36 @@ class LpLA(Attack):
         self.max_kde_points = int(max_kde_points)
         self.seed = int(seed)
         self.characteristic = characteristic
-        self.min_views = 1 if characteristic == "view" else SAMPLE_STATISTICS[characteristic].min_views
+        self.min_views = 1 if characteristic in ("view", AUTO) else SAMPLE_STATISTICS[characteristic].min_views
 
     # --- fitting ------------------------------------------------------------------
+    @property
+    def _char(self) -> str:
+        """The characteristic in use: the fitted choice of "auto", else the one asked for."""
+        return getattr(self, "characteristic_", self.characteristic)
+
+    def _resolve(self, k: int) -> str:
+        if self.characteristic != AUTO:
+            return self.characteristic
+        choice = AUTO_CHOICE["several_views" if k >= 2 else "one_view"]
+        return "view" if self.density == "kde" and choice == "multi_p" else choice  # KDE is 1-D
+
     def _stat(self, views, name) -> np.ndarray:
         """(N, K) view statistics, or (N, V) values of another characteristic."""
-        if views.shape[1] < self.min_views:
-            raise ValueError(f"characteristic {self.characteristic!r} needs K >= {self.min_views} views per "
+        need = 1 if self._char == "view" else SAMPLE_STATISTICS[self._char].min_views
+        if views.shape[1] < need:
+            raise ValueError(f"characteristic {self._char!r} needs K >= {need} views per "
                              f"sample; the {name} have K={views.shape[1]}")
-        if self.characteristic == "view":
+        if self._char == "view":
             return view_statistic(views, self.p, self.statistic, name)
-        return norm_characteristic(views, self.characteristic, self.p, self.statistic == "log", name)
+        return norm_characteristic(views, self._char, self.p, self.statistic == "log", name)
 
     def _reference_moments(self, views, name):
         """(mean, std) of the reference's statistic: floats for "view", else per coordinate."""
-        if self.characteristic == "view":
+        if self._char == "view":
             return mean_std(self._stat(views, name), self.min_std) if self.standardize else (0.0, 1.0)
         if not self.standardize:
-            size = SAMPLE_STATISTICS[self.characteristic].size
+            size = SAMPLE_STATISTICS[self._char].size
             return [0.0] * size, [1.0] * size
         values = self._stat(views, name)
         return values.mean(axis=0).tolist(), np.maximum(values.std(axis=0, ddof=1), self.min_std).tolist()
@@ -177,6 +198,8 @@ class LpLA(Attack):
 
     def fit(self, knowledge: AttackerKnowledge) -> "LpLA":
         mode = knowledge.level if self.knowledge == "auto" else self.knowledge
+        known = [getattr(knowledge, n) for n in ("shadow_members", "calibration_members", "target_reference")]
+        self.characteristic_ = self._resolve(min(int(v.shape[1]) for v in known if v is not None))
         if mode == "reference":
             (target_ref,) = knowledge.require("target_reference", attack=self.name)
             source_ref = target_ref
@@ -211,7 +234,7 @@ class LpLA(Attack):
             self.kde_out_ = _subsample(out_values, self.max_kde_points, rng)
             self.kde_in_ = None if in_values is None else _subsample(in_values, self.max_kde_points, rng)
             return
-        if self.characteristic != "view":
+        if self._char != "view":
             self._fit_gaussians(t_in, t_out)
             return
         mean_out, std_out = mean_std(out_values, self.min_std)
@@ -237,7 +260,7 @@ class LpLA(Attack):
         center, scale = self.reference_moments_
         self.calibration_ = LpLACalibration(
             p=self.p, log_space=self.statistic == "log", mean_in=0.0, std_in=1.0, mean_out=0.0, std_out=1.0,
-            dim=self.dim_, characteristic=self.characteristic,
+            dim=self.dim_, characteristic=self._char,
             gaussians={k: gaussian.to_list(v) for k, v in self.gaussians_.items()},
             ref_center=tuple(float(x) for x in center), ref_scale=tuple(float(x) for x in scale),
             meta={"attack": self.name, "knowledge": self.mode_, "standardized": self.standardize},
@@ -256,7 +279,7 @@ class LpLA(Attack):
     # --- scoring ------------------------------------------------------------------
     def _score_standardized(self, t: np.ndarray) -> np.ndarray:
         """Scores from standardized statistics t (N, K), in numpy (fit-time and KDE path)."""
-        if self.gaussians_ is not None and self.characteristic != "view":
+        if self.gaussians_ is not None and self._char != "view":
             g = self.gaussians_
             return gaussian.log_ratio(t, g["mean_in"], g["cov_in"], g["mean_out"], g["cov_out"])
         values = t if self.aggregation == "sum" else t.mean(axis=1, keepdims=True)
@@ -284,6 +307,7 @@ class LpLA(Attack):
     # --- state --------------------------------------------------------------------
     def _state(self) -> dict:
         return {
+            "characteristic": self.characteristic_,
             "mode": self.mode_, "dim": self.dim_, "threshold": self.threshold_,
             "reference_moments": self.reference_moments_,
             "calibration": None if self.calibration_ is None else self.calibration_.to_dict(),
@@ -294,6 +318,7 @@ class LpLA(Attack):
         }
 
     def _set_state(self, state: dict) -> None:
+        self.characteristic_ = state.get("characteristic", self.characteristic)
         self.mode_ = state["mode"]
         self.dim_ = state["dim"]
         self.threshold_ = float(state["threshold"])

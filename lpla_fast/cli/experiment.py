@@ -46,9 +46,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--ladder", nargs="*", metavar="ARCH",
                         help="architecture ladder, e.g. small_cnn-8 small_cnn-16 resnet18 (none: no ladder)")
     parser.add_argument("--release-defenses", nargs="*", metavar="DEFENSE",
-                        help="release-time defenses, e.g. l2-normalize noise:0.1 quantize:4 truncate:32")
+                        help="release-time defenses, e.g. normalize noise:0.1 quantize:4 truncate:32 (README: Defenses)")
     parser.add_argument("--train-defenses", nargs="*", metavar="DEFENSE",
-                        help="training-time defenses, e.g. epochs:100 weight-decay:0.001 members:2 dp-sgd:8")
+                        help="training-time defenses, e.g. epochs:0.33 weight_decay:0.001 members:2 dp:8 (README: Defenses)")
     parser.add_argument("--defense-framework", choices=FRAMEWORKS, metavar="NAME",
                         help="the framework the defenses are measured on (default simclr; DP-SGD needs byol or simsiam)")
     parser.add_argument("--workers", type=int, help="training processes (default: one per CPU core on a CPU)")

@@ -5,7 +5,8 @@ with or without a training-time defense. It trains `models` pool encoders, each 
 half of the candidate pool (the target_members and target_nonmembers splits together); the
 halves come in complementary pairs (`attacks.draw_reference_masks`), so every candidate is a
 member of half the pool encoders, as in LiRA. The first `targets` pool encoders are attacked
-as targets, one per seed (seed 0's members are the target_members split); for each target the others are its reference encoders. A headline
+as targets, one per seed (seed 0's members are the target_members split); for each target the
+others but its complement are its reference encoders (`reference_models`). A headline
 configuration also trains a shadow encoder on the disjoint shadow_members split, for the
 global attacks at the shadow knowledge level. Every configuration of a run uses the same pool
 halves, so target seed s has the same members in every configuration.
@@ -60,8 +61,21 @@ class EncoderGroup:
 
     @property
     def references(self) -> int:
-        """Reference encoders of each target: the other pool encoders."""
-        return self.models - 1
+        """Reference encoders of each target (`reference_models`)."""
+        return len(reference_models(0, self.models))
+
+
+def reference_models(target: int, models: int) -> List[int]:
+    """The reference encoders of pool encoder `target`: every other pool encoder but its
+    complement (target ^ 1, trained on exactly the target's non-members). The remaining pairs
+    make every candidate a member of exactly half of the references, whichever its membership
+    of the target. Kept, the complement would make the target's members members of fewer
+    references than its non-members, and that count alone tells them apart: with three
+    references it pushed online LiRA to AUC 0.37 on MoCo."""
+    partner = target ^ 1
+    if partner >= models:  # an odd pool's last encoder has no complement
+        partner = target
+    return [r for r in range(models) if r not in (target, partner)]
 
 
 def plan_groups(config: ExperimentConfig) -> List[EncoderGroup]:

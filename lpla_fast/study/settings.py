@@ -126,8 +126,8 @@ class ExperimentConfig:
     seed: the first `seeds` are evaluated as targets (their own members and non-members), and
     for each target the other pool encoders are its reference encoders.
     seeds: targets per headline configuration (repeats: the across-seed intervals).
-    references: reference encoders per headline target (0: no reference-calibrated attacks);
-        the pool holds max(seeds, references + 1) encoders per configuration.
+    references: reference encoders per headline target, at least (0: no reference-calibrated
+        attacks); the pool holds max(seeds, references + 2) encoders, rounded up to an even number.
     ladder: the architecture-complexity axis, "backbone" or "backbone-width" names (e.g.
         "small_cnn-8"), each trained for `ladder_frameworks` with `ladder_seeds` pool encoders
         and attacked at the audit level (no shadow encoder).
@@ -203,8 +203,14 @@ class ExperimentConfig:
 
     @property
     def pool_models(self) -> int:
-        """Pool encoders per headline configuration: the targets and their references."""
-        return max(self.seeds, self.references + 1 if self.references else 1)
+        """Pool encoders per headline configuration: the targets and their references. Target
+        s's references are the pool encoders other than s and its complement (see
+        `groups.reference_models`), so `references` needs a pool of references + 2, rounded up
+        to complementary pairs."""
+        if not self.references:
+            return self.seeds
+        m = max(self.seeds, self.references + 2)
+        return m + m % 2
 
     @classmethod
     def quick(cls, **overrides) -> "ExperimentConfig":
@@ -217,7 +223,7 @@ class ExperimentConfig:
                              shadow_nonmembers=40, reference=40, probe_train=60, probe_test=60),
             study=StudyConfig(k=4, ks=(1, 2, 4), n_bootstrap=100, attack_params={"knn": {"k": 5}},
                               reference_ks=(1, 4), reference_statistics=("lpla", "encodermi")),
-            seeds=2, references=3, ladder=("small_cnn-4",), ladder_frameworks=("simclr",),
+            seeds=2, references=2, ladder=("small_cnn-4",), ladder_frameworks=("simclr",),
             release_defenses=("normalize", "noise:0.5"), train_defenses=("epochs:0.5",), workers=1,
         )
         base.update(overrides)
@@ -282,10 +288,10 @@ PRESETS: Dict[str, dict] = {
     # either way) and 40 % cheaper to train, which buys the seeds and the reference encoders.
     "default": dict(sizes=SplitSizes(target_members=128, target_nonmembers=128, shadow_members=128,
                                      shadow_nonmembers=128, reference=200, probe_train=600, probe_test=485),
-                    seeds=4, references=3, ladder=("small_cnn-8", "small_cnn-16"),
+                    seeds=4, references=2, ladder=("small_cnn-8", "small_cnn-16"),
                     release_defenses=("normalize", "noise:0.1", "noise:0.3", "quantize:4", "truncate:32"),
                     train_defenses=("epochs:0.33", "weight_decay:0.001")),
-    "full": dict(seeds=8, references=7, ladder=("small_cnn-8", "small_cnn-16", "small_cnn-64", "deep_cnn-32",
+    "full": dict(seeds=8, references=6, ladder=("small_cnn-8", "small_cnn-16", "small_cnn-64", "deep_cnn-32",
                                                  "resnet18", "vit_small"),
                  ladder_seeds=2, defense_seeds=2,
                  release_defenses=("normalize", "noise:0.1", "noise:0.3", "noise:1", "quantize:2", "quantize:4",
@@ -295,7 +301,7 @@ PRESETS: Dict[str, dict] = {
     "paper": dict(dataset="cifar10", backbone="resnet18", device="cuda", amp=True, epochs=200, batch_size=256,
                   sizes=SplitSizes(target_members=5000, target_nonmembers=5000, shadow_members=5000,
                                    shadow_nonmembers=5000, reference=5000, probe_train=10000, probe_test=5000),
-                  seeds=4, references=7, ladder=("resnet18", "resnet50", "vit_small"),
+                  seeds=4, references=6, ladder=("resnet18", "resnet50", "vit_small"),
                   release_defenses=("normalize", "noise:0.1", "quantize:4"),
                   train_defenses=("epochs:0.25", "weight_decay:0.0005")),
 }

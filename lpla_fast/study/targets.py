@@ -25,7 +25,7 @@ from torch import Tensor
 from ..encoders import feature_quality, query_split_views
 from ..fileio import jsonable, write_json
 from .attack_stage import ReferenceSet, attack_target
-from .groups import EncoderGroup, candidates
+from .groups import EncoderGroup, candidates, reference_models
 from .knowledge import ViewSet
 from .plan import held_out_jobs, plan_jobs, reference_jobs
 from .results import EncoderRecord, Results
@@ -127,7 +127,7 @@ def attack_group(config, group: EncoderGroup, trained: List[tuple], jobs, data, 
             views = ViewSet(members=cand[m][mask], nonmembers=cand[m][~mask], target_reference=population[m],
                             shadow_members=shadow.get("shadow_members"),
                             shadow_nonmembers=shadow.get("shadow_nonmembers"), shadow_reference=shadow.get("reference"))
-            others = [r for r in range(group.models) if r != m]
+            others = reference_models(m, group.models)
             refs = None if not others else ReferenceSet(cand[m], mask, [cand[r] for r in others], masks[others],
                                                         [population[r] for r in others], population[m])
             ids = (pool[mask], pool[~mask])
