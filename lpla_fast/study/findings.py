@@ -119,7 +119,7 @@ def correlation_sentence(data, rows: List[dict]) -> str:
 
 
 def _defense_sentences(data) -> List[str]:
-    defended = [r for r in data.defended() if r.metrics]
+    defended = [r for r in data.defended() + data.undefended() if r.metrics]
     out = []
     for output in dict.fromkeys(r.output for r in defended):
         name = data.strongest.get(output)
@@ -129,7 +129,9 @@ def _defense_sentences(data) -> List[str]:
         by_defense = {}
         for g in groups:
             by_defense.setdefault(g[0].defense, []).append(data.summary(g).auc)
-        best = min(by_defense, key=lambda d: sum(by_defense[d]) / len(by_defense[d]))
+        best = min((d for d in by_defense if d), key=lambda d: sum(by_defense[d]) / len(by_defense[d]), default=None)
+        if best is None:
+            continue
         mean = sum(by_defense[best]) / len(by_defense[best])
         out.append(f"Against {data.labels[name]} on the {output} output, `{best}` lowers the AUC most "
                    f"(to {mean:.3f}, averaged over frameworks); its utility cost is in the defense table.")

@@ -171,7 +171,7 @@ def frontier_plot(data: ReportData, folder: str, saved: List[str]) -> None:
     fig, axes = _figure(len(outputs), 2)
     for row, output in enumerate(outputs):
         name = data.strongest.get(output)
-        pool = [r for r in defended + data.headline(data.k) if r.output == output and variant(r) == name]
+        pool = [r for r in defended + data.undefended() if r.output == output and variant(r) == name]
         groups = list(group_by_seed(pool).values())
         missing = 0
         for col, (metric, ylabel) in enumerate((("auc", "AUC"), ("0.01", "TPR at 1% FPR"))):

@@ -107,9 +107,15 @@ class ReportData:
         return dedupe(r for r in self.results.records if r.study in ("main", "references", "k") and r.k == k
                       and r.defense is None and self.at_main(r))
 
+    def undefended(self) -> List[AttackRecord]:
+        """The defense table's baseline: the undefended targets attacked exactly as the defended
+        ones (the "defense" study's records without a defense), else the headline records."""
+        same = [r for r in self.results.records if r.study == "defense" and r.defense is None and r.k == self.k]
+        return same or self.headline(self.k)
+
     def defended(self) -> List[AttackRecord]:
         """The records of defended releases or encoders, at the headline K when the run has it there."""
-        records = [r for r in self.results.records if r.defense]
+        records = [r for r in self.results.records if r.defense and r.study == "defense"]
         at_k = [r for r in records if r.k == self.k]
         return at_k or records
 
@@ -297,8 +303,9 @@ def _defenses(data: ReportData) -> str:
         return ""
     lines = ["## Defenses and their utility cost", "",
              "Each defense against the strongest attacks it was tested with, beside the undefended release "
-             "(`none`). Probe accuracy is measured on the defended encoder (— where the run did not measure it).", ""]
-    baseline = data.headline(data.k)
+             "(`none`), all on the audit level's held-out halves (so `none` differs from the main table). Probe "
+             "accuracy is measured on what is released (— where the run did not measure it).", ""]
+    baseline = data.undefended()
     for output in distinct(defended, "output"):
         mine = [r for r in defended if r.output == output]
         groups = group_by_seed(mine)
@@ -310,7 +317,7 @@ def _defenses(data: ReportData) -> str:
             header += [f"{data.labels[v]} AUC", "TPR@1% FPR"]
         rows = []
         for fw in distinct(mine, "framework"):
-            for defense in [None] + distinct([r for r in mine if r.framework == fw], "defense"):
+            for defense in [None] + distinct([r for r in mine if r.framework == fw and r.defense], "defense"):
                 pool = [r for r in (baseline if defense is None else mine) if r.framework == fw and
                         r.output == output and r.defense == defense]
                 if not pool:
