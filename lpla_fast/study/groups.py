@@ -38,7 +38,7 @@ class EncoderGroup:
     axis: "headline" (the framework table), "ladder" (architecture complexity) or "defense"
         (a training-time defense).
     framework, backbone, width: what is trained (width None: the backbone's default).
-    defense: the training-time defense ("weight-decay:0.001"...), None for the plain recipe.
+    defense: the training-time defense ("weight_decay:0.001"...), None for the plain recipe.
     models: pool encoders; targets: how many of them are attacked (seeds 0..targets-1).
     shadow: whether a shadow encoder is trained (headline only).
     """
