@@ -125,22 +125,21 @@ def release_scale(views) -> ReleaseScale:
                         low=float(v.min()), high=float(v.max()))
 
 
-@dataclass(frozen=True)
-class ReleaseDefense:
-    """A release-time defense (module docstring): `apply(views, seed, ids)` gives what the API
-    releases. `scale` is the encoder's ReleaseScale ("noise" and "quantize" need it)."""
+class _DefenseSpec:
+    """What both kinds of defense share: a name from `KINDS` with its checked parameter, the
+    spec string that parse() reads back, and a label for reports."""
 
-    name: str
-    param: Optional[float] = None
-    scale: Optional[ReleaseScale] = None
+    KINDS: Dict[str, tuple] = {}  # name -> (parameter kind, description)
+    LABELS: Dict[str, str] = {}  # name -> format string of the label
+    WHAT = "defense"
 
     def __post_init__(self):
-        if self.name not in RELEASE_DEFENSES:
-            raise ValueError(f"unknown release defense {self.name!r}; choose one of {', '.join(RELEASE_DEFENSES)}")
-        object.__setattr__(self, "param", _check_param(self.name, RELEASE_DEFENSES[self.name][0], self.param))
+        if self.name not in self.KINDS:
+            raise ValueError(f"unknown {self.WHAT} {self.name!r}; choose one of {', '.join(self.KINDS)}")
+        object.__setattr__(self, "param", _check_param(self.name, self.KINDS[self.name][0], self.param))
 
     @classmethod
-    def parse(cls, spec: str) -> "ReleaseDefense":
+    def parse(cls, spec: str):
         return cls(*_split_spec(spec))
 
     @property
@@ -150,9 +149,22 @@ class ReleaseDefense:
 
     @property
     def label(self) -> str:
-        return {"normalize": "L2-normalized", "noise": "noise σ={:g}", "quantize": "{} bits",
-                "quantize_vector": "{} bits/vector", "truncate": "first {} dims",
-                "truncate_random": "{} random dims"}[self.name].format(self.param)
+        return self.LABELS[self.name].format(self.param)
+
+
+@dataclass(frozen=True)
+class ReleaseDefense(_DefenseSpec):
+    """A release-time defense (module docstring): `apply(views, seed, ids)` gives what the API
+    releases. `scale` is the encoder's ReleaseScale ("noise" and "quantize" need it)."""
+
+    name: str
+    param: Optional[float] = None
+    scale: Optional[ReleaseScale] = None
+
+    KINDS = RELEASE_DEFENSES
+    LABELS = {"normalize": "L2-normalized", "noise": "noise σ={:g}", "quantize": "{} bits",
+              "quantize_vector": "{} bits/vector", "truncate": "first {} dims", "truncate_random": "{} random dims"}
+    WHAT = "release defense"
 
     @property
     def needs_scale(self) -> bool:
@@ -262,7 +274,7 @@ def _labelled(data):
 # --- training-time --------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class TrainingDefense:
+class TrainingDefense(_DefenseSpec):
     """A training-time defense (module docstring). `train_config(config)` is the TrainConfig to
     train under it; `members_factor` how many times the recipe's members the study draws;
     `dp_epsilon` the DP-SGD target epsilon (train with `encoders.dp.train_encoder_dp`)."""
@@ -270,23 +282,10 @@ class TrainingDefense:
     name: str
     param: Optional[float] = None
 
-    def __post_init__(self):
-        if self.name not in TRAINING_DEFENSES:
-            raise ValueError(f"unknown training defense {self.name!r}; choose one of {', '.join(TRAINING_DEFENSES)}")
-        object.__setattr__(self, "param", _check_param(self.name, TRAINING_DEFENSES[self.name][0], self.param))
-
-    @classmethod
-    def parse(cls, spec: str) -> "TrainingDefense":
-        return cls(*_split_spec(spec))
-
-    @property
-    def spec(self) -> str:
-        return _spec(self.name, self.param)
-
-    @property
-    def label(self) -> str:
-        return {"epochs": "{:g}× epochs", "weight_decay": "weight decay {:g}", "members": "{:g}× members",
-                "dp": "DP-SGD ε={:g}"}[self.name].format(self.param)
+    KINDS = TRAINING_DEFENSES
+    LABELS = {"epochs": "{:g}× epochs", "weight_decay": "weight decay {:g}", "members": "{:g}× members",
+              "dp": "DP-SGD ε={:g}"}
+    WHAT = "training defense"
 
     @property
     def members_factor(self) -> float:
