@@ -288,6 +288,10 @@ def _sweeps(data: ReportData) -> str:
     if k_records:
         lines += [f"### Query budget K (K=1 is the clean image alone)", "",
                   _sweep(data, k_records, "k", lambda kk: f"K={kk}"), ""]
+    ch_records = [r for r in base if r.study == "characteristic"]
+    if ch_records:  # which "distribution characteristic" of the view norms carries membership
+        lines += [f"### LpLA's characteristic (knowledge `{level}`; `auto`, the default, is chosen from it)", "",
+                  _sweep(data, ch_records, "k", lambda kk: f"K={kk}"), ""]
     kn_records = [r for r in base if r.study == "knowledge"]
     if kn_records:
         n = next((r.metrics for r in kn_records if r.metrics), None)

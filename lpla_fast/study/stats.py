@@ -50,7 +50,7 @@ def variant(record: AttackRecord) -> str:
             name += "-online" if params["online"] else "-offline"
         return f"{name}/{params.get('statistic', 'lpla')}"
     characteristic = params.get("characteristic")
-    return record.attack if characteristic in (None, "view") else f"{record.attack}/{characteristic}"
+    return record.attack if characteristic is None else f"{record.attack}/{characteristic}"
 
 
 def family(record: AttackRecord) -> str:
