@@ -86,6 +86,23 @@ def test_scores_every_row_once_with_the_fused_op(tmp_path, calib_path):
     assert manifest["complete"] and all(e["status"] == "done" for e in manifest["shards"].values())
 
 
+@pytest.mark.parametrize("characteristic", ["resultant", "multi_p"])
+def test_a_calibration_of_another_characteristic_scores_every_row(tmp_path, characteristic):
+    from lpla_fast.attacks import AttackerKnowledge, LpLA
+
+    g = torch.Generator().manual_seed(1)
+    views = lambda n, s: torch.randn(n, K, D, generator=g) * s  # noqa: E731
+    knowledge = AttackerKnowledge(level="shadow", shadow_members=views(80, 1.1), shadow_nonmembers=views(80, 1.0),
+                                  shadow_reference=views(40, 1.0), target_reference=views(40, 1.0))
+    path = tmp_path / "calib.json"
+    LpLA(characteristic=characteristic).fit(knowledge).calibration_.save(path)
+    arrays = make_npy_shards(tmp_path / "emb", n_shards=2, rows=100)
+    _, out = run(tmp_path, str(path), str(tmp_path / "emb" / "*.npy"))
+    table = read_scores(out)
+    expected = [LpLACalibration.load(path).score(torch.from_numpy(x))[1].numpy() for x in arrays]
+    np.testing.assert_allclose(table.column("score").to_numpy(), np.concatenate(expected), rtol=1e-6)
+
+
 def test_read_scores_reads_only_listed_parts(tmp_path, calib_path):
     make_npy_shards(tmp_path / "emb", n_shards=1, rows=100)
     _, out = run(tmp_path, calib_path, str(tmp_path / "emb" / "*.npy"))
