@@ -241,7 +241,6 @@ def test_attack_on_embedding_files(embedding_files, tmp_path):
     # The saved calibration reproduces the attack's scores through the fused op.
     calibration = LpLACalibration.load(out / "calibration.json")
     members = torch.from_numpy(np.load(embedding_files["members"]))
-    nonmembers = torch.from_numpy(np.load(embedding_files["nonmembers"]))
     assert calibration.characteristic == "resultant" and lpla.params["characteristic"] == "auto"
     assert len(calibration.score(members)[1]) == len(members)
 

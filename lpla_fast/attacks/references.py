@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from ..validation import as_views

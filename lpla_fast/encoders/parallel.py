@@ -22,7 +22,6 @@ from typing import Callable, List, Optional
 import torch
 from torch import Tensor
 
-from .base import Encoder
 from .checkpoint import load_encoder, read_config
 from .config import TrainConfig
 from .training import resolve_device, train_encoder

@@ -286,7 +286,7 @@ def _sweeps(data: ReportData) -> str:
                   _sweep(data, p_records, "p", lambda p: f"p={_p_label(p)}"), ""]
     k_records = dedupe(r for r in base if r.study in ("k", "references"))
     if k_records:
-        lines += [f"### Query budget K (K=1 is the clean image alone)", "",
+        lines += ["### Query budget K (K=1 is the clean image alone)", "",
                   _sweep(data, k_records, "k", lambda kk: f"K={kk}"), ""]
     ch_records = [r for r in base if r.study == "characteristic"]
     if ch_records:  # which "distribution characteristic" of the view norms carries membership
