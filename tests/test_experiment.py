@@ -297,3 +297,11 @@ def test_attack_on_an_encoder_checkpoint(quick_run, tmp_path):
     def lpla_auc(results):
         return results.select(study="main", attack="lpla", output="backbone", seed=0)[0].auc
     assert lpla_auc(attacked) == pytest.approx(lpla_auc(experiment))
+
+
+def test_a_refused_experiment_leaves_nothing_on_disk(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["experiment", "--dataset", "cifar10", "--out", str(out), "--no-progress"]) == 2
+    assert "--data-root" in capsys.readouterr().err and not out.exists()
+    assert main(["experiment", "--quick", "--train-defenses", "dp:8", "--out", str(out), "--no-progress"]) == 2
+    assert "per-sample terms" in capsys.readouterr().err and not out.exists()

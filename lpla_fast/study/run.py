@@ -60,17 +60,18 @@ def run_experiment(config: Optional[ExperimentConfig] = None, out_dir: str = "ru
 
     config = config or ExperimentConfig()
     stages = Stages(progress)
-    os.makedirs(out_dir, exist_ok=True)
-    write_json(os.path.join(out_dir, "config.json"), jsonable(config.to_dict()))
+    # Everything that can refuse the run (device, data, sizes, plan) is settled before the run
+    # folder is written to: a refused command leaves nothing behind.
     device = str(resolve_device(config.device))
-
     with stages.timed("load_data", f"loading dataset {config.dataset!r}"):
         data = load_dataset(config.dataset, config.data_root, config.image_size)
     with stages.timed("splits", f"drawing splits (seed {config.seed}) from {len(data)} samples"):
         splits = make_splits(len(data), config.sizes, config.seed).check_disjoint()
-        splits.to_json(os.path.join(out_dir, "splits.json"))
-
     groups = plan_groups(config)
+    os.makedirs(out_dir, exist_ok=True)
+    write_json(os.path.join(out_dir, "config.json"), jsonable(config.to_dict()))
+    splits.to_json(os.path.join(out_dir, "splits.json"))
+
     masks = pool_masks(config, groups, splits)
     jobs = {g.key: train_jobs(config, g, data.images, splits, masks, out_dir) for g in groups}
     every_job = [job for group_jobs in jobs.values() for job in group_jobs]
