@@ -117,11 +117,14 @@ def attack_group(config, group: EncoderGroup, trained: List[tuple], jobs, data, 
             record.embed_dim = {o: int(pool_views[m][o]["reference"].shape[-1]) for o in config.outputs}
         results.encoders.append(record)
     table_jobs = _tables(config, group, config.study.max_k)
+    # Each pool encoder's views of the candidates (in pool order) and of the population, per output.
+    candidate_views = {o: [torch.cat([v[o]["target_members"], v[o]["target_nonmembers"]]) for v in pool_views]
+                       for o in config.outputs}
     for m in range(group.targets):
         target = results.encoders[-len(trained) + m]
         mask = masks[m]
         for output in config.outputs:
-            cand = [torch.cat([v[output]["target_members"], v[output]["target_nonmembers"]]) for v in pool_views]
+            cand = candidate_views[output]
             population = [v[output]["reference"] for v in pool_views]
             shadow = shadow_views[output] if shadow_views else {}
             views = ViewSet(members=cand[m][mask], nonmembers=cand[m][~mask], target_reference=population[m],
