@@ -20,7 +20,6 @@ naming the row and path), which the job's --skip-bad-shards policy handles.
 
 from __future__ import annotations
 
-import glob
 import io
 import os
 import tarfile
@@ -28,7 +27,7 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from .shards import PARQUET_SUFFIXES, ShardError, _read_npy_header
+from .shards import PARQUET_SUFFIXES, ShardError, _read_npy_header, matching_files
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 TAR_SUFFIXES = (".tar",)
@@ -42,8 +41,7 @@ def discover_image_shards(source: str) -> List[str]:
         if not any(_is_image_shard(p) for p in files):
             return [os.path.abspath(source)]  # an ImageFolder tree
         source = os.path.join(source, "*")
-    paths = sorted(os.path.abspath(p) for p in glob.glob(source, recursive=True))
-    shards = [p for p in paths if _is_image_shard(p) and not os.path.isdir(p)]
+    shards = matching_files(source, _is_image_shard)
     if not shards:
         raise FileNotFoundError(f"--images {source!r} matches no ImageFolder tree, .npy, .parquet or .tar shard")
     return shards

@@ -53,11 +53,16 @@ def discover_shards(pattern: str) -> List[str]:
     """
     if os.path.isdir(pattern):
         pattern = os.path.join(pattern, "*")
-    paths = sorted(os.path.abspath(p) for p in glob.glob(pattern, recursive=True))
-    shards = [p for p in paths if _is_shard_name(p) and not os.path.isdir(p)]
+    shards = matching_files(pattern, _is_shard_name)
     if not shards:
         raise FileNotFoundError(f"--embeddings {pattern!r} matches no .npy or .parquet shard")
     return shards
+
+
+def matching_files(pattern: str, keep) -> List[str]:
+    """Sorted absolute paths of the files (not folders) a glob matches for which keep(path)."""
+    paths = sorted(os.path.abspath(p) for p in glob.glob(pattern, recursive=True))
+    return [p for p in paths if keep(p) and not os.path.isdir(p)]
 
 
 def _is_shard_name(path: str) -> bool:
