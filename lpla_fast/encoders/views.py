@@ -50,14 +50,15 @@ def query_views(encoder: Encoder, images: Tensor, K: int, policy: str = "default
     with evaluating(encoder):
         for start in range(0, n, per_forward):
             batch = images[start:start + per_forward].to(device, torch.float32)
-            views = _views(batch, start, K, policy, seed, include_clean)
+            views = draw_views(batch, start, K, policy, seed, include_clean)
             z = encoder.embed(views.flatten(0, 1), output)
             out[start:start + len(batch)] = z.view(len(batch), K, -1).float().cpu()
     return out
 
 
-def _views(batch: Tensor, start: int, K: int, policy, seed: int, include_clean: bool) -> Tensor:
-    """(B, K, C, H, W) views of a batch whose first image has global position `start`."""
+def draw_views(batch: Tensor, start: int, K: int, policy, seed: int, include_clean: bool) -> Tensor:
+    """(B, K, C, H, W) views of a batch whose first image has global position `start`: the views
+    `query_views` embeds, and the image scoring job draws for the same rows (one definition)."""
     n_random = K - 1 if include_clean else K
     if n_random == 0:  # K = 1 with the clean view: the single query is the image itself
         return batch[:, None]

@@ -65,11 +65,11 @@ class ImageSource:
 
     def load(self, shard, start: int, stop: int) -> Chunk:
         """Read, decode and draw the views of rows [start, stop) (start a multiple of 32)."""
-        from ..encoders.views import _views
+        from ..encoders.views import draw_views
         from .images import to_float_images
 
         images, paths = shard.read(start, stop)
-        views = _views(to_float_images(images), start, self.K, self.policy, self.seed, include_clean=True)
+        views = draw_views(to_float_images(images), start, self.K, self.policy, self.seed, include_clean=True)
         return Chunk(shard.path, start, stop, None, views.contiguous(), paths=paths)
 
     def stream(self, pending) -> Iterator[Tuple[object, object]]:
