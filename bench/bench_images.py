@@ -67,7 +67,7 @@ def make_encoder(folder, backbone):
 
 
 def make_calibration(path, dim):
-    from lpla_fast.calibration import LpLACalibration
+    from lpla_fast.attacks.calibration import LpLACalibration
 
     LpLACalibration(p=2.0, log_space=True, mean_in=0.1, std_in=1.0, mean_out=0.0, std_out=1.2,
                     ref_mean=0.0, ref_std=1.0, dim=dim).save(path)
@@ -139,7 +139,7 @@ def test_side_by_side(benchmark, setup):
 
     import torch
 
-    from lpla_fast.calibration import LpLACalibration
+    from lpla_fast.attacks.calibration import LpLACalibration
     from lpla_fast.streaming import score_shards
 
     backbone, folder, encoder, calib, images = setup

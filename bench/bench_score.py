@@ -77,7 +77,7 @@ def make_shards(folder, total_gb: float, seed: int = 0):
 
 
 def make_calibration(path):
-    from lpla_fast.calibration import LpLACalibration
+    from lpla_fast.attacks.calibration import LpLACalibration
 
     LpLACalibration(p=2.0, log_space=True, mean_in=0.1, std_in=1.0, mean_out=0.0, std_out=1.2,
                     ref_mean=math.log(math.sqrt(D)), ref_std=0.05, dim=D).save(path)
@@ -125,7 +125,7 @@ def test_read(benchmark, dataset, how):
 def test_kernel(benchmark, dataset):
     import torch
 
-    from lpla_fast.calibration import LpLACalibration
+    from lpla_fast.attacks.calibration import LpLACalibration
 
     _, rows, calib_path = dataset
     calib = LpLACalibration.load(calib_path)

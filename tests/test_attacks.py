@@ -16,7 +16,7 @@ from scipy.stats import norm
 
 from lpla_fast.attacks import ATTACKS, AttackerKnowledge, LpLA, attack_from_dict, make_attack
 from lpla_fast.attacks.knn import build_index, gpu_available, neighbour_similarity
-from lpla_fast.calibration import LpLACalibration
+from lpla_fast.attacks.calibration import LpLACalibration
 from lpla_fast.metrics import evaluate, roc_auc
 
 D = 16
@@ -307,7 +307,7 @@ def test_first_views_cuts_every_array_to_the_query_budget():
 
 @pytest.mark.parametrize("characteristic", ["mean_spread", "resultant", "multi_p"])
 def test_a_saved_calibration_of_any_characteristic_scores_like_the_attack(tmp_path, characteristic):
-    from lpla_fast.calibration import LpLACalibration
+    from lpla_fast.attacks.calibration import LpLACalibration
 
     g = torch.Generator().manual_seed(3)
     views = lambda n, scale: torch.randn(n, 4, 12, generator=g) * scale  # noqa: E731

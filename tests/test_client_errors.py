@@ -86,7 +86,7 @@ def _lpla(*args):
 
 
 def test_a_full_disk_is_one_line_not_a_traceback(tmp_path, full_disk):
-    from lpla_fast.calibration import LpLACalibration
+    from lpla_fast.attacks.calibration import LpLACalibration
 
     calib = tmp_path / "calib.json"
     LpLACalibration(p=2.0, log_space=True, mean_in=0.3, std_in=0.9, mean_out=0.0, std_out=1.1,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from lpla_fast.calibration import LpLACalibration
+from lpla_fast.attacks.calibration import LpLACalibration
 from lpla_fast.cli import main
 from lpla_fast.encoders import head_views
 from lpla_fast.study import (RESULTS_VERSION, AuditSplit, ExperimentConfig, Results, StudyConfig, load_results,

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from lpla_fast import ops
-from lpla_fast.calibration import LpLACalibration
+from lpla_fast.attacks.calibration import LpLACalibration
 from lpla_fast.encoders import TrainConfig, build_encoder, load_encoder, query_views, save_encoder
 from lpla_fast.encoders.pooling import pooled_lpla_score
 from lpla_fast.streaming import ScoreConfig, ShardError, read_scores, score_shards

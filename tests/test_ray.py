@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from lpla_fast.calibration import LpLACalibration
+from lpla_fast.attacks.calibration import LpLACalibration
 from lpla_fast.streaming import ScoreConfig, read_scores, score_shards
 
 ray = pytest.importorskip("ray")

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from lpla_fast import ops
-from lpla_fast.calibration import LpLACalibration
+from lpla_fast.attacks.calibration import LpLACalibration
 from lpla_fast.streaming import ScoreConfig, ShardError, read_scores, save_bf16_npy, score_shards
 
 D = 16

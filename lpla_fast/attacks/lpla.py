@@ -48,7 +48,7 @@ from scipy.special import logsumexp
 from scipy.stats import norm as normal
 
 from .. import ops
-from ..calibration import LpLACalibration
+from .calibration import LpLACalibration
 from . import gaussian
 from .base import Attack, AttackerKnowledge, best_threshold
 from .statistics import STATISTICS as SAMPLE_STATISTICS

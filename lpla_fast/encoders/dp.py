@@ -39,6 +39,8 @@ from .config import TrainConfig
 from .frameworks import build_encoder
 from .training import _batch_count, _check_images, resolve_device
 
+DP_MAX_GRAD_NORM = 1.0  # the default per-sample clipping bound (the study's "dp" training defense uses it)
+
 PER_SAMPLE_FRAMEWORKS = ("byol", "simsiam")
 UNSUPPORTED_BACKBONES = {
     "resnet18": "torchvision's residual blocks add in place, which Opacus's backward hooks forbid",
@@ -92,7 +94,8 @@ def build_dp_encoder(config: TrainConfig) -> Encoder:
 
 
 def train_encoder_dp(images: Tensor, config: TrainConfig, *, noise_multiplier: float | None = None,
-                     target_epsilon: float | None = None, max_grad_norm: float = 1.0, delta: float | None = None,
+                     target_epsilon: float | None = None, max_grad_norm: float = DP_MAX_GRAD_NORM,
+                     delta: float | None = None,
                      accountant: str = "rdp", dp_unsafe_ok: bool = False, progress: bool = False) -> Encoder:
     """Train an encoder with DP-SGD and return it in eval mode, like `train_encoder`.
 

@@ -109,12 +109,10 @@ def _train_one(images: Tensor, config: dict, folder: str, dp_epsilon: Optional[f
     if dp_epsilon is None:
         train_encoder(images, config, checkpoint_dir=folder, progress=progress)
     elif epochs_done(folder) < config.epochs:  # DP-SGD has no resume: train it whole, or reuse it
-        from ..study.defenses import DP_MAX_GRAD_NORM
         from .checkpoint import save_encoder
         from .dp import train_encoder_dp
 
-        encoder = train_encoder_dp(images, config, target_epsilon=dp_epsilon, max_grad_norm=DP_MAX_GRAD_NORM,
-                                   progress=progress)
+        encoder = train_encoder_dp(images, config, target_epsilon=dp_epsilon, progress=progress)
         save_encoder(encoder, folder)
     return time.perf_counter() - start
 

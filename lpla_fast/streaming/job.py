@@ -40,7 +40,7 @@ from .sources import make_source
 def load_calibration(config: ScoreConfig):
     if config.calibration is None:
         return None
-    from ..calibration import LpLACalibration
+    from ..attacks.calibration import LpLACalibration
 
     if not os.path.exists(config.calibration):
         raise FileNotFoundError(f"--calibration {config.calibration} does not exist")

@@ -29,7 +29,7 @@ class _ScoreChunks:
     """Ray Data UDF: load, score and write the chunks of a batch; returns commit records."""
 
     def __init__(self, config: ScoreConfig, calibration_dict, p, id_type, device):
-        from ..calibration import LpLACalibration
+        from ..attacks.calibration import LpLACalibration
         from .scorer import make_scorer
         from .sources import make_source
 

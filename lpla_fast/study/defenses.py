@@ -66,7 +66,6 @@ TRAINING_DEFENSES: Dict[str, tuple] = {
     "dp": ("positive", "DP-SGD target epsilon"),
 }
 MAX_BITS = 16
-DP_MAX_GRAD_NORM = 1.0  # clipping bound of the "dp" training defense
 
 
 def _check_param(name: str, kind: Optional[str], param) -> Optional[float]:

@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import metrics
 from ..fileio import replace_atomically
-from .report import ReportData, distinct, record_label
+from .report_data import ReportData, distinct, record_label
 from .results import AttackRecord, Results
 from .stats import SeedStats, dedupe, encoder_of, group_by_seed, is_reference, quality, variant
 

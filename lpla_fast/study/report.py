@@ -10,36 +10,19 @@ from __future__ import annotations
 import os
 from typing import Dict, Iterable, List, Optional
 
-from ..attacks import ATTACKS, REFERENCE_ATTACKS, attack_class
 from ..fileio import write_text
-from . import findings
+from . import exports, findings, html, plots
 from .definitions import DEFINITIONS
+from .report_data import ReportData, distinct, n_bootstrap, record_label, study_value
 from .results import AttackRecord, Results
-from .stats import (SeedStats, SeedSummary, correlation_rows, dedupe, encoder_of, group_by_seed, headline_architecture,
-                    headline_k, is_reference, quality, strongest, variant)
+from .stats import (SeedStats, SeedSummary, correlation_rows, dedupe, encoder_of, group_by_seed, is_reference, quality,
+                    strongest, variant)
 
 FPR_COLUMNS = (("0.01", "TPR@1% FPR"), ("0.001", "TPR@0.1% FPR"))
 METHODS = {"seeds+samples": "hierarchical bootstrap over seeds, then members and non-members",
            "seeds": "bootstrap over seeds (per-sample scores not kept)",
            "samples": "one seed: bootstrap over members and non-members",
            "per-seed interval": "one seed: its own bootstrap interval", "none": "one seed: no interval"}
-
-
-def attack_label(name: str) -> str:
-    """The name reports and plots print for an attack (its class's `label`)."""
-    base = name.split("-")[0]
-    if name in ATTACKS or name in REFERENCE_ATTACKS:
-        return attack_class(name).label
-    if base in REFERENCE_ATTACKS:  # "lira-offline"
-        return attack_class(base).label + name[len(base):]
-    return name
-
-
-def record_label(record: AttackRecord) -> str:
-    """An attack as configured: "LpLA", "LpLA (mean_spread)", "LiRA-online (lpla)", ..."""
-    name = variant(record)
-    attack, _, detail = name.partition("/")
-    return attack_label(attack) + (f" ({detail})" if detail else "")
 
 
 # --- formatting helpers ---------------------------------------------------------------------------
@@ -68,71 +51,9 @@ def _p_label(p) -> str:
     return "∞" if p in ("inf", float("inf")) else f"{float(p):g}"
 
 
-def distinct(records: List[AttackRecord], key: str) -> List:
-    """The values of one record attribute, in order of first appearance."""
-    seen = []
-    for r in records:
-        if getattr(r, key) not in seen:
-            seen.append(getattr(r, key))
-    return seen
-
-
 def _intervals_note(summaries: Iterable[Optional[SeedSummary]]) -> str:
     methods = sorted({s.method for s in summaries if s is not None})
     return "Intervals: " + "; ".join(METHODS.get(m, m) for m in methods) + "." if methods else ""
-
-
-class ReportData:
-    """What every section reads: the results, the across-seed summaries (computed once), the
-    headline K and architecture, and the strongest attacks."""
-
-    def __init__(self, results: Results, stats: Optional[SeedStats] = None):
-        self.results = results
-        self.stats = stats or SeedStats(n_bootstrap=_n_bootstrap(results), seed=_study_value(results, "seed", 0))
-        self.k = headline_k(results)
-        self.architecture = headline_architecture(results)
-        headline = self.headline(self.k)
-        self.outputs = distinct(headline, "output")
-        groups = group_by_seed(headline)
-        self.strongest = {o: strongest(groups, self.stats, lambda g, o=o: g[0].output == o) for o in self.outputs}
-        self.strongest_global = {o: strongest(groups, self.stats, lambda g, o=o: g[0].output == o
-                                              and not is_reference(g[0])) for o in self.outputs}
-        self.strongest_reference = {o: strongest(groups, self.stats, lambda g, o=o: g[0].output == o
-                                                 and is_reference(g[0])) for o in self.outputs}
-        self.labels = {variant(r): record_label(r) for r in results.records}
-
-    def headline(self, k: Optional[int]) -> List[AttackRecord]:
-        """Undefended records at the main architecture and query budget k: the global attacks
-        (main table, or the K sweep) and the reference-calibrated ones, one per point."""
-        return dedupe(r for r in self.results.records if r.study in ("main", "references", "k") and r.k == k
-                      and r.defense is None and self.at_main(r))
-
-    def undefended(self) -> List[AttackRecord]:
-        """The defense table's baseline: the undefended targets attacked exactly as the defended
-        ones (the "defense" study's records without a defense), else the headline records."""
-        same = [r for r in self.results.records if r.study == "defense" and r.defense is None and r.k == self.k]
-        return same or self.headline(self.k)
-
-    def defended(self) -> List[AttackRecord]:
-        """The records of defended releases or encoders, at the headline K when the run has it there."""
-        records = [r for r in self.results.records if r.defense and r.study == "defense"]
-        at_k = [r for r in records if r.k == self.k]
-        return at_k or records
-
-    def at_main(self, record: AttackRecord) -> bool:
-        """Whether a record attacked the main architecture (a record without one is taken to)."""
-        return record.architecture is None or record.architecture == self.architecture
-
-    def summary(self, records: List[AttackRecord]) -> Optional[SeedSummary]:
-        return self.stats.of(records)
-
-
-def _study_value(results: Results, name: str, default):
-    return (results.config.get("study") or {}).get(name, default)
-
-
-def _n_bootstrap(results: Results) -> int:
-    return int(_study_value(results, "n_bootstrap", 1000))
 
 
 # --- sections -------------------------------------------------------------------------------------
@@ -159,7 +80,7 @@ def _header(data: ReportData) -> str:
     elif results.inputs:
         lines.append("- Inputs: " + ", ".join(f"{k} `{v}`" for k, v in results.inputs.items() if v) + ".")
     studies = distinct(results.records, "study")
-    level = _study_value(results, "level", "shadow")
+    level = study_value(results, "level", "shadow")
     refs = ", reference encoders for LiRA / RMIA" if any(map(is_reference, results.records)) else ""
     lines += [f"- Attacks: {', '.join(dict.fromkeys(data.labels.values()))}; headline at K={data.k}, knowledge "
               f"`{level}` for the global attacks{refs}.",
@@ -277,7 +198,7 @@ def _sweep(data: ReportData, records: List[AttackRecord], key: str, label) -> st
 
 
 def _sweeps(data: ReportData) -> str:
-    results, k, level = data.results, data.k, _study_value(data.results, "level", "shadow")
+    results, k, level = data.results, data.k, study_value(data.results, "level", "shadow")
     base = [r for r in results.records if r.defense is None and data.at_main(r)]
     lines = ["## Sweeps (AUC: mean over seeds [95% interval])", ""]
     p_records = [r for r in base if r.study == "p"]
@@ -380,7 +301,7 @@ def render_report(results: Results, stats: Optional[SeedStats] = None) -> str:
     """The report's Markdown; `stats` shares the across-seed summaries with the plots."""
     data = ReportData(results, stats)
     refs = " and reference encoders" if any(map(is_reference, results.records)) else ""
-    level = _study_value(results, "level", "shadow")
+    level = study_value(results, "level", "shadow")
     parts = [_header(data), findings.section(data), _tradeoff(data),
              _headline(data, data.k, f"## Attacks (K={data.k}, knowledge `{level}`{refs})"),
              _headline(data, 1, "## Attacks at K=1 (one query: the clean image)") if data.k != 1 else "",
@@ -396,9 +317,7 @@ def write_all(results: Results, out_dir: str) -> Dict[str, List[str]]:
     """Every output of a run beside its results.json: plots/*.png, report.md, report.html,
     scores.parquet and roc/*.npz. Sets `results.plots`. Returns {"plots", "report", "exports"}:
     the written paths (plots as names inside plots/, the others relative to out_dir)."""
-    from . import exports, html, plots
-
-    stats = SeedStats(n_bootstrap=_n_bootstrap(results), seed=_study_value(results, "seed", 0))
+    stats = SeedStats(n_bootstrap=n_bootstrap(results), seed=study_value(results, "seed", 0))
     results.plots = plots.make_plots(results, os.path.join(out_dir, "plots"), stats)
     text = render_report(results, stats)
     write_text(os.path.join(out_dir, "report.md"), text)

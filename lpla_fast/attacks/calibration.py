@@ -30,12 +30,15 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Optional, Tuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from . import ops
-from .fileio import decode_float, encode_float, write_json
-from .reference import gaussian_log_ratio
+from .. import ops
+from ..fileio import decode_float, encode_float, write_json
+from ..reference import gaussian_log_ratio
+from . import gaussian
+from .statistics import norm_characteristic
 
 SCHEMA = "lpla_fast.lpla_calibration"
 VERSION = 2
@@ -122,11 +125,6 @@ class LpLACalibration:
         return norms, scores
 
     def _score_vector(self, views: Tensor) -> Tuple[Tensor, Tensor]:
-        import numpy as np
-
-        from .attacks import gaussian
-        from .attacks.statistics import norm_characteristic
-
         values = norm_characteristic(views, self.characteristic, self.p, self.log_space)
         t = (values - np.asarray(self.ref_center)) / np.asarray(self.ref_scale)
         g = {k: np.asarray(v, np.float64) for k, v in self.gaussians.items()}
