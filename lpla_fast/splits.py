@@ -39,12 +39,17 @@ class SplitSizes:
     def total(self) -> int:
         return sum(asdict(self).values())
 
-    def fitted_to(self, num_samples: int) -> "SplitSizes":
-        """These sizes, scaled down in proportion when they need more than num_samples."""
+    def fitted_to(self, num_samples: int, keep=()) -> "SplitSizes":
+        """These sizes, scaled down in proportion when they need more than num_samples; the
+        splits named in `keep` keep their size (ValueError when they alone need more)."""
         if self.total <= num_samples:
             return self
-        ratio = num_samples / self.total
-        return SplitSizes(**{k: int(v * ratio) for k, v in asdict(self).items()})
+        sizes = asdict(self)
+        kept = sum(sizes[name] for name in keep)
+        if kept > num_samples:
+            raise ValueError(f"the splits {', '.join(keep)} need {kept} samples but the dataset has {num_samples}")
+        ratio = (num_samples - kept) / (self.total - kept)
+        return SplitSizes(**{k: v if k in keep else int(v * ratio) for k, v in sizes.items()})
 
 
 @dataclass

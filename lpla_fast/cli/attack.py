@@ -5,11 +5,16 @@ from __future__ import annotations
 import os
 import sys
 
-from . import LEVELS, OUTPUTS, parse_p
+from . import ATTACKS, DATASETS, LEVELS, OUTPUTS, STUDY_DEFAULT, Auto, Lazy, add_no_progress, parse_p
 
 VIEW_FLAGS = (("members", "--members"), ("nonmembers", "--nonmembers"), ("target_reference", "--reference"),
               ("shadow_members", "--shadow-members"), ("shadow_nonmembers", "--shadow-nonmembers"),
               ("shadow_reference", "--shadow-reference"))
+
+
+def study_default(name: str) -> Auto:
+    """StudyConfig's default of `name`: shown by --help; the runner gets None and StudyConfig decides."""
+    return Auto("{}", Lazy(*STUDY_DEFAULT, name))
 
 
 def add_parser(subparsers) -> None:
@@ -33,23 +38,28 @@ def add_parser(subparsers) -> None:
     enc.add_argument("--encoder", metavar="DIR", help="the target encoder")
     enc.add_argument("--shadow-encoder", metavar="DIR", help="the shadow encoder")
     enc.add_argument("--splits", metavar="JSON", help="splits.json naming the member / non-member / reference samples")
-    enc.add_argument("--dataset", default="digits", help="dataset the splits index (default digits)")
+    enc.add_argument("--dataset", choices=DATASETS, metavar="NAME", default="digits",
+                     help="dataset the splits index, of %(choices)s (default: %(default)s)")
     enc.add_argument("--data-root", help="folder of the file-based datasets")
     enc.add_argument("--image-size", type=int, help="image side (default: the encoder's)")
     enc.add_argument("--outputs", nargs="+", choices=OUTPUTS, default=["backbone"], metavar="OUTPUT",
-                     help="representations attacked, of %(choices)s (default: backbone)")
-    enc.add_argument("--device", default="cpu", help="device for the queries (default cpu)")
+                     help="representations attacked, of %(choices)s (default: %(default)s)")
+    enc.add_argument("--device", default="cpu", help="device for the queries (default: %(default)s)")
     study = parser.add_argument_group("attacks")
-    study.add_argument("--attacks", nargs="+", metavar="NAME", help="attacks (default: all)")
-    study.add_argument("--level", choices=LEVELS, metavar="LEVEL",
-                       help="knowledge level of the main table: %(choices)s (default: shadow)")
-    study.add_argument("--k", type=int, help="query budget of the main table (default 8, at most the files' K)")
-    study.add_argument("--ks", nargs="+", type=int, help="K sweep (default 1 2 4 8 16, up to the files' K)")
-    study.add_argument("--ps", nargs="+", type=parse_p, help="p sweep (default 1 2 inf)")
-    study.add_argument("--bootstrap", type=int, help="bootstrap replicates per interval (default 1000)")
-    study.add_argument("--seed", type=int, default=0, help="seed of views, audit halves and bootstrap (default 0)")
+    study.add_argument("--attacks", nargs="+", choices=ATTACKS, metavar="NAME", default=study_default("attacks"),
+                       help="attacks, of %(choices)s (default: %(default)s)")
+    study.add_argument("--level", choices=LEVELS, metavar="LEVEL", default=study_default("level"),
+                       help="knowledge level of the main table, of %(choices)s (default: %(default)s)")
+    study.add_argument("--k", type=int, default=study_default("k"),
+                       help="query budget of the main table, at most the files' K (default: %(default)s)")
+    study.add_argument("--ks", nargs="+", type=int, default=study_default("ks"),
+                       help="K sweep, up to the files' K (default: %(default)s)")
+    study.add_argument("--ps", nargs="+", type=parse_p, default=study_default("ps"), help="p sweep (default: %(default)s)")
+    study.add_argument("--bootstrap", type=int, default=study_default("n_bootstrap"),
+                       help="bootstrap replicates per interval (default: %(default)s)")
+    study.add_argument("--seed", type=int, default=0, help="seed of views, audit halves and bootstrap (default: %(default)s)")
     study.add_argument("--label", help="name of the target in the report (default: target, or the encoder's framework)")
-    parser.add_argument("--no-progress", action="store_true", help="no stage lines or progress bars")
+    add_no_progress(parser)
     parser.set_defaults(func=run)
 
 

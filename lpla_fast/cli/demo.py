@@ -19,13 +19,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--samples", type=int, default=50_000, help="N, samples (half members) [%(default)s]")
-    parser.add_argument("--views", type=int, default=8, help="K, query views per sample [%(default)s]")
-    parser.add_argument("--dim", type=int, default=512, help="D, embedding dimension [%(default)s]")
-    parser.add_argument("--p", type=float, default=2.0, help="norm order, in (0, inf] [%(default)s]")
-    parser.add_argument("--dtype", choices=DTYPES, default="float32", help="embedding dtype [%(default)s]")
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs; the best is reported [%(default)s]")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--samples", type=int, default=50_000, help="N, samples (half members) (default: %(default)s)")
+    parser.add_argument("--views", type=int, default=8, help="K, query views per sample (default: %(default)s)")
+    parser.add_argument("--dim", type=int, default=512, help="D, embedding dimension (default: %(default)s)")
+    parser.add_argument("--p", type=float, default=2.0, help="norm order, in (0, inf] (default: %(default)s)")
+    parser.add_argument("--dtype", choices=DTYPES, default="float32", help="embedding dtype (default: %(default)s)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs; the best is reported (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic views (default: %(default)s)")
     parser.set_defaults(func=run)
     return parser
 

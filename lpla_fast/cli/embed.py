@@ -17,7 +17,7 @@ import argparse
 
 from ..fileio import replace_atomically
 from ..splits import SPLIT_NAMES
-from . import OUTPUTS
+from . import ENGINES, OUTPUTS, SCORE_DEFAULT, Auto, Lazy, add_no_progress
 
 
 def add_parser(subparsers) -> None:
@@ -27,25 +27,32 @@ def add_parser(subparsers) -> None:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--split", choices=SPLIT_NAMES, help="which split to embed")
     source.add_argument("--images", help="image source (as for `lpla score --images`); --out is then a folder")
-    p.add_argument("--K", type=int, default=8, help="views per image (default 8)")
+    p.add_argument("--K", type=int, default=Lazy(*SCORE_DEFAULT, "K"), help="views per image (default: %(default)s)")
     p.add_argument("--out", required=True, help="output .npy file (a folder with --images)")
-    p.add_argument("--output", choices=OUTPUTS, default="backbone", metavar="OUTPUT",
-                   help="released representation, of %(choices)s: backbone embedding (default) or projection head")
-    p.add_argument("--seed", "--view-seed", dest="seed", type=int, default=0, help="seed of the random views")
+    p.add_argument("--output", choices=OUTPUTS, default=Lazy(*SCORE_DEFAULT, "output"), metavar="OUTPUT",
+                   help="released representation, of %(choices)s: the backbone embedding or the projection head's "
+                        "(default: %(default)s)")
+    p.add_argument("--seed", "--view-seed", dest="seed", type=int, default=Lazy(*SCORE_DEFAULT, "view_seed"),
+                   help="seed of the random views (default: %(default)s)")
     p.add_argument("--policy", default="default", help="view policy (default: the training one)")
     p.add_argument("--no-clean", action="store_true", help="do not make view 1 the unaugmented image")
     p.add_argument("--splits", default=None, help="splits.json to use instead of the run folder's")
     p.add_argument("--data-root", default=None, help="override the data root recorded in run.json")
-    p.add_argument("--batch-size", type=int, default=512, help="views per forward pass")
-    p.add_argument("--device", default=None, help="cpu | cuda (default: cpu)")
+    p.add_argument("--batch-size", type=int, default=Lazy(*SCORE_DEFAULT, "forward_batch"),
+                   help="views per forward pass (default: %(default)s)")
+    p.add_argument("--device", default=Lazy(*SCORE_DEFAULT, "device"), help="cpu or cuda[:i] (default: %(default)s)")
     images = p.add_argument_group("with --images")
-    images.add_argument("--batch-rows", type=int, default=None, help="images per chunk and per shard written (default 256)")
-    images.add_argument("--workers", type=int, default=1, help="processes that decode images and draw views")
-    images.add_argument("--engine", choices=("local", "ray"), default="local")
+    images.add_argument("--batch-rows", type=int,
+                        default=Auto("{}", Lazy("lpla_fast.streaming.config", "DEFAULT_IMAGE_BATCH_ROWS")),
+                        help="images per chunk and per shard written (default: %(default)s)")
+    images.add_argument("--workers", type=int, default=Lazy(*SCORE_DEFAULT, "workers"),
+                        help="processes that decode images and draw views (default: %(default)s)")
+    images.add_argument("--engine", choices=ENGINES, metavar="ENGINE", default=Lazy(*SCORE_DEFAULT, "engine"),
+                        help="%(choices)s (default: %(default)s)")
     images.add_argument("--address", help="Ray cluster address for --engine ray")
     images.add_argument("--skip-bad-shards", action="store_true", help="record bad shards in the manifest and go on")
     images.add_argument("--overwrite", action="store_true", help="discard a previous job's outputs in --out")
-    images.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_no_progress(images)
     p.set_defaults(func=run)
 
 

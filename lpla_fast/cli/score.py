@@ -6,6 +6,10 @@ from __future__ import annotations
 import json
 import sys
 
+from . import ENGINES, OUTPUTS, SCORE_DEFAULT, STATS, Auto, Lazy, add_no_progress
+
+STREAMING = "lpla_fast.streaming.config"
+
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -27,31 +31,39 @@ def add_parser(subparsers) -> None:
     add_image_arguments(parser)
     parser.add_argument("--write-embeddings", action="store_true",
                         help="with --images: also keep the (n, K, D) view embeddings in OUT/embeddings/")
-    parser.add_argument("--batch-rows", type=int, default=None,
-                        help="rows per chunk and per output part (default 131072; 256 images with --images)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default cpu)")
-    parser.add_argument("--engine", choices=("local", "ray"), default="local")
+    parser.add_argument("--batch-rows", type=int,
+                        default=Auto("{}; {} images with --images", Lazy(STREAMING, "DEFAULT_BATCH_ROWS"),
+                                     Lazy(STREAMING, "DEFAULT_IMAGE_BATCH_ROWS")),
+                        help="rows per chunk and per output part (default: %(default)s)")
+    parser.add_argument("--device", default=Lazy(*SCORE_DEFAULT, "device"), help="cpu or cuda[:i] (default: %(default)s)")
+    parser.add_argument("--engine", choices=ENGINES, metavar="ENGINE", default=Lazy(*SCORE_DEFAULT, "engine"),
+                        help="%(choices)s (default: %(default)s)")
     parser.add_argument("--address", help="Ray cluster address for --engine ray (default: start a local one)")
-    parser.add_argument("--stat", choices=("lpla", "norm"), default="lpla", help="LpLA score (default) or plain Lp-norm (the mean over the K views)")
-    parser.add_argument("--p", type=float, help="p of the Lp-norm for --stat norm (default: the calibration's, else 2)")
+    parser.add_argument("--stat", choices=STATS, metavar="STAT", default=Lazy(*SCORE_DEFAULT, "stat"),
+                        help="%(choices)s: the LpLA score or the plain Lp-norm, the mean over the K views "
+                             "(default: %(default)s)")
+    parser.add_argument("--p", type=float, default=Auto("the calibration's, else {}", Lazy(STREAMING, "DEFAULT_P")),
+                        help="p of the Lp-norm for --stat norm (default: %(default)s)")
     parser.add_argument("--skip-bad-shards", action="store_true", help="record bad shards in the manifest and go on")
     parser.add_argument("--write-norms", action="store_true", help="also write the per-view norms")
     parser.add_argument("--overwrite", action="store_true", help="discard a previous job's outputs in --out")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_no_progress(parser)
     parser.set_defaults(func=run)
 
 
 def add_image_arguments(parser) -> None:
     """The flags of an image job, shared by `lpla score` and `lpla embed`."""
     parser.add_argument("--encoder", help="with --images: encoder folder (written by `lpla train`)")
-    parser.add_argument("--output", choices=("backbone", "head"), default="backbone",
-                        help="with --images: released representation, backbone (default) or projection head")
-    parser.add_argument("--K", type=int, default=8, help="with --images: views per image, view 1 the clean image (default 8)")
-    parser.add_argument("--view-seed", type=int, default=0, help="with --images: seed of the random views (default 0)")
-    parser.add_argument("--workers", type=int, default=1,
-                        help="with --images: processes that decode images and draw views (default 1; 0: none)")
-    parser.add_argument("--forward-batch", type=int, default=512,
-                        help="with --images: views per forward pass (default 512; whole blocks of 32 images)")
+    parser.add_argument("--output", choices=OUTPUTS, metavar="OUTPUT", default=Lazy(*SCORE_DEFAULT, "output"),
+                        help="with --images: released representation, of %(choices)s (default: %(default)s)")
+    parser.add_argument("--K", type=int, default=Lazy(*SCORE_DEFAULT, "K"),
+                        help="with --images: views per image, view 1 the clean image (default: %(default)s)")
+    parser.add_argument("--view-seed", type=int, default=Lazy(*SCORE_DEFAULT, "view_seed"),
+                        help="with --images: seed of the random views (default: %(default)s)")
+    parser.add_argument("--workers", type=int, default=Lazy(*SCORE_DEFAULT, "workers"),
+                        help="with --images: processes that decode images and draw views, 0: none (default: %(default)s)")
+    parser.add_argument("--forward-batch", type=int, default=Lazy(*SCORE_DEFAULT, "forward_batch"),
+                        help="with --images: views per forward pass, whole blocks of 32 images (default: %(default)s)")
 
 
 def run(args) -> int:

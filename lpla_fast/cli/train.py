@@ -11,7 +11,7 @@ import argparse
 
 from ..fileio import write_json
 from ..splits import ROLES
-from . import OUTPUTS
+from . import BACKBONES, DATASETS, FRAMEWORKS, OUTPUTS, POLICIES, TRAIN_DEFAULT, Lazy, add_no_progress
 
 RUN_FILE, SPLITS_FILE, QUALITY_FILE = "run.json", "splits.json", "quality.json"
 
@@ -19,26 +19,31 @@ RUN_FILE, SPLITS_FILE, QUALITY_FILE = "run.json", "splits.json", "quality.json"
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("train", help="train a contrastive encoder on a member split",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--framework", default="simclr", help="simclr | moco | byol | simsiam | barlowtwins")
-    p.add_argument("--backbone", default="small_cnn", help="small_cnn | resnet18 | resnet50 | vit_small")
-    p.add_argument("--dataset", default="digits",
-                   help="digits | synthetic | cifar10 | cifar100 | stl10 | svhn | imagefolder")
+    p.add_argument("--framework", choices=FRAMEWORKS, metavar="NAME", default=Lazy(*TRAIN_DEFAULT, "framework"),
+                   help="%(choices)s (default: %(default)s)")
+    p.add_argument("--backbone", choices=BACKBONES, metavar="NAME", default=Lazy(*TRAIN_DEFAULT, "backbone"),
+                   help="%(choices)s (default: %(default)s)")
+    p.add_argument("--dataset", choices=DATASETS, metavar="NAME", default=Lazy(*TRAIN_DEFAULT, "dataset"),
+                   help="%(choices)s (default: %(default)s)")
     p.add_argument("--role", choices=ROLES, default="target",
-                   help="train on the target_members or the shadow_members split")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs (default 300)")
+                   help="train on the target_members or the shadow_members split (default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=Lazy(*TRAIN_DEFAULT, "epochs"),
+                   help="training epochs (default: %(default)s)")
     p.add_argument("--out", required=True, help="run folder (created; resumed when it holds a checkpoint)")
-    p.add_argument("--seed", type=int, default=0, help="training seed (weights, shuffles, views)")
+    p.add_argument("--seed", type=int, default=0, help="training seed: weights, shuffles, views (default: %(default)s)")
     p.add_argument("--split-seed", type=int, default=0,
-                   help="seed of the data splits; keep it equal for a target and its shadows")
-    p.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto")
+                   help="seed of the data splits; keep it equal for a target and its shadows (default: %(default)s)")
+    p.add_argument("--device", default=Lazy(*TRAIN_DEFAULT, "device"), help="cpu, cuda, cuda:N or auto (default: %(default)s)")
     p.add_argument("--data-root", default=None, help="folder of the file-based datasets")
     p.add_argument("--image-size", type=int, default=None, help="input side (default: the dataset's)")
     p.add_argument("--width", type=int, default=None, help="backbone width (default: the backbone's)")
-    p.add_argument("--batch-size", type=int, default=None, help="batch size (default 128)")
-    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 1e-3)")
-    p.add_argument("--augmentation", default=None, help="view policy: digits | natural | none")
+    p.add_argument("--batch-size", type=int, default=Lazy(*TRAIN_DEFAULT, "batch_size"),
+                   help="batch size (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=Lazy(*TRAIN_DEFAULT, "lr"), help="Adam learning rate (default: %(default)s)")
+    p.add_argument("--augmentation", choices=POLICIES, metavar="POLICY",
+                   help="view policy, of %(choices)s (default: the dataset's own)")
     p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_no_progress(p)
     p.set_defaults(func=run)
 
 

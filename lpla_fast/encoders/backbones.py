@@ -13,6 +13,7 @@ from .pooling import GlobalAvgPool
 
 BACKBONES = ("small_cnn", "deep_cnn", "resnet18", "resnet50", "vit_small")
 DEFAULT_WIDTH = {"small_cnn": 32, "deep_cnn": 32, "resnet18": 64, "resnet50": 64, "vit_small": 192}
+FIXED_WIDTH = ("resnet18", "resnet50")  # standard ResNets: DEFAULT_WIDTH is their only width
 
 
 class SmallCNN(nn.Module):
@@ -118,9 +119,9 @@ def make_backbone(name: str, width: int | None = None, image_size: int = 16) -> 
         return SmallCNN(width)
     if name == "deep_cnn":
         return SmallCNN(width, repeats=2)
-    if name in ("resnet18", "resnet50"):
+    if name in FIXED_WIDTH:
         if width != DEFAULT_WIDTH[name]:
-            raise ValueError(f"{name} has a fixed width of 64; got width={width}")
+            raise ValueError(f"{name} has a fixed width of {DEFAULT_WIDTH[name]}; got width={width}")
         return resnet_cifar(name)
     return vit_small(width, image_size)
 

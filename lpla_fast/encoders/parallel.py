@@ -72,7 +72,7 @@ def train_encoders(jobs: List[TrainJob], workers: Optional[int] = None, progress
             seconds[i] = _train_one(job.images, job.config.to_dict(), job.folder, job.dp_epsilon, progress)
             _tell(say, job, seconds[i], before[i])
     else:
-        _train_in_workers(jobs, workers, seconds, before, say)
+        _train_in_workers(jobs, workers, seconds, before, say, progress)
     results = []
     for job, secs, done_before in zip(jobs, seconds, before):
         encoder = load_encoder(job.folder, device=resolve_device(job.config.device))
@@ -82,11 +82,11 @@ def train_encoders(jobs: List[TrainJob], workers: Optional[int] = None, progress
     return results
 
 
-def _train_in_workers(jobs, workers, seconds, before, say) -> None:
+def _train_in_workers(jobs, workers, seconds, before, say, progress) -> None:
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(jobs), desc=f"training ({workers} processes)", unit="encoder",
-               disable=say is None)
+               disable=not progress)
     # spawn, not fork: the parent already runs torch's thread pools, which fork would break.
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
                              initializer=torch.set_num_threads, initargs=(1,)) as pool:

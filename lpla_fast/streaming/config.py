@@ -12,6 +12,7 @@ OUTPUTS = ("backbone", "head")
 DEFAULT_BATCH_ROWS = 131072  # embedding rows per chunk
 DEFAULT_IMAGE_BATCH_ROWS = 256  # images per chunk (each with K views)
 DEFAULT_K = 8
+DEFAULT_P = 2.0  # the norm order of --stat norm without a calibration
 RANDOM_BLOCK = 32  # images per block of view randomness (encoders.views.RANDOM_BLOCK)
 CHUNK_DELAY_ENV = "LPLA_SCORE_CHUNK_DELAY"  # seconds to sleep per chunk; lets tests kill a run mid-way
 

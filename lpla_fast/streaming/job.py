@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 from ..fileio import encode_float, write_bytes
-from .config import CHUNK_DELAY_ENV, DEFAULT_BATCH_ROWS, ENGINES, STATS, ScoreConfig  # noqa: F401 (re-exported)
+from .config import CHUNK_DELAY_ENV, DEFAULT_BATCH_ROWS, DEFAULT_P, ENGINES, STATS, ScoreConfig  # noqa: F401 (re-exported)
 from .manifest import Manifest
 from .scorer import views_tensor  # noqa: F401 (re-exported)
 from .shards import Chunk, ShardError, shard_key
@@ -54,7 +54,7 @@ def resolve_p(config: ScoreConfig, calibration) -> float:
         return calibration.p
     if config.p is not None:
         return config.p
-    return calibration.p if calibration is not None else 2.0
+    return calibration.p if calibration is not None else DEFAULT_P
 
 
 def job_settings(config: ScoreConfig, calibration, p: float, id_type=None, encoder=None) -> dict:

@@ -14,12 +14,12 @@ from __future__ import annotations
 import os
 import platform
 from dataclasses import replace
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 import torch
 
 from ..fileio import jsonable, write_json
-from ..splits import SPLIT_NAMES
+from ..splits import SPLIT_NAMES, SplitSizes
 from .attack_stage import AttackStageResult, attack_target
 from .groups import plan_groups, pool_masks, train_jobs
 from .knowledge import ViewSet
@@ -50,8 +50,14 @@ def environment(device: str, workers: Optional[int] = None) -> dict:
 
 
 def run_experiment(config: Optional[ExperimentConfig] = None, out_dir: str = "runs/experiment",
-                   progress: bool = True) -> Results:
-    """Run the whole study into `out_dir` and return its Results (also in results.json)."""
+                   progress: bool = True,
+                   fit_sizes: Optional[Callable[[SplitSizes, int], SplitSizes]] = None) -> Results:
+    """Run the whole study into `out_dir` and return its Results (also in results.json).
+
+    fit_sizes(sizes, num_samples): the split sizes to draw when config.sizes need more samples
+    than the dataset has (None: refuse); it may refuse too (ValueError). What it changes is said
+    in a stage line and saved in config.json.
+    """
     from ..data import load_dataset
     from ..encoders.parallel import default_workers, train_encoders
     from ..encoders.training import resolve_device
@@ -65,6 +71,12 @@ def run_experiment(config: Optional[ExperimentConfig] = None, out_dir: str = "ru
     device = str(resolve_device(config.device))
     with stages.timed("load_data", f"loading dataset {config.dataset!r}"):
         data = load_dataset(config.dataset, config.data_root, config.image_size)
+    if fit_sizes is not None and config.sizes.total > len(data):
+        sizes = fit_sizes(config.sizes, len(data))
+        stages.say(f"the splits need {config.sizes.total:,} images but {config.dataset} has {len(data):,}: scaled down "
+                   f"to {sizes.target_members} members and {sizes.target_nonmembers} non-members per encoder, "
+                   f"{sizes.reference} reference and {sizes.probe_train} + {sizes.probe_test} probe images")
+        config = replace(config, sizes=sizes)
     with stages.timed("splits", f"drawing splits (seed {config.seed}) from {len(data)} samples"):
         splits = make_splits(len(data), config.sizes, config.seed).check_disjoint()
     groups = plan_groups(config)
