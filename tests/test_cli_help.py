@@ -156,3 +156,15 @@ def test_members_given_stay_and_the_rest_scales_or_the_flag_is_named():
     fit_sizes(largest)(SplitSizes(**{**big.__dict__, **{n: largest for n in ("target_members", "target_nonmembers",
                                                                              "shadow_members", "shadow_nonmembers")}}),
                        1797)
+
+
+def test_building_the_parser_imports_no_registry():
+    """`lpla --help` and every command's parsing stay fast: the registries' packages (lightly,
+    the study) are imported only to check a value given or to format a command's help."""
+    import subprocess
+
+    code = ("import sys; from lpla_fast.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in sys.modules if m.startswith(('lpla_fast.encoders', 'lpla_fast.attacks', "
+            "'lpla_fast.study', 'lpla_fast.streaming', 'lpla_fast.data', 'lightly'))))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

@@ -48,17 +48,15 @@ from scipy.special import logsumexp
 from scipy.stats import norm as normal
 
 from .. import ops
-from .calibration import LpLACalibration
+from .calibration import AGGREGATIONS, CHARACTERISTICS, LpLACalibration  # noqa: F401 (re-exported)
 from . import gaussian
-from .base import Attack, AttackerKnowledge, best_threshold
+from .base import LEVELS, Attack, AttackerKnowledge, best_threshold
 from .statistics import STATISTICS as SAMPLE_STATISTICS
 from .statistics import norm_characteristic
 
 STATISTICS = ("log", "norm")
 DENSITIES = ("gaussian", "kde")
-AGGREGATIONS = ("sum", "mean")
-MODES = ("auto", "reference", "shadow", "audit")
-CHARACTERISTICS = ("view", "mean_spread", "resultant", "multi_p")
+MODES = ("auto",) + LEVELS
 # characteristic="auto" (the default) picks by the query budget of the knowledge it is fitted
 # on, the winners of the default study's ablation (README: Results of the default run):
 # with K >= 2 views the resultant length, with one view the vector over p (the only

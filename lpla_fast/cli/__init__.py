@@ -2,7 +2,8 @@
 
 Each subcommand module defines `add_parser(subparsers)` (which registers its parser and
 sets `func` to its runner) and keeps heavy imports inside the runner, so that `lpla --help`
-stays fast.
+stays fast. Choices and defaults are never typed here: they are `Choices` and `Lazy` readers of
+the registry, config or preset that defines them (tests/test_cli_help.py holds every command to it).
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ class Lazy:
     the parser imports none of them: argparse gets these instead, and they are read only to check a
     value given on the command line or to format --help.
 
-    As an argument's default, `%(default)s` in its help shows the value, and `main` hands the
-    runner the value itself (`value()`) when the flag is not given."""
+    As an argument's default, `%(default)s` in its help shows the value, and `parse_args` hands
+    the runner `value()` (here the value itself) when the flag is not given."""
 
     def __init__(self, module: str, name: str, *attributes: str):
         self.module, self.name, self.attributes = module, name, attributes
