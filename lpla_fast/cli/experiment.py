@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import BACKBONES, DATASETS, FRAMEWORKS, OUTPUTS, Choices, Lazy, add_no_progress, parse_p, show
+from . import ATTACKS, BACKBONES, DATASETS, FRAMEWORKS, OUTPUTS, Choices, Lazy, add_no_progress, parse_p, show
 
 PRESETS = Choices("lpla_fast.study.settings", "PRESETS")
 DEFAULT_PRESET = "default"
@@ -122,7 +122,7 @@ def add_parser(subparsers) -> None:
                         help="training processes (%(default)s)")
     parser.add_argument("--outputs", nargs="+", choices=OUTPUTS, metavar="OUTPUT", default=PresetValue("outputs"),
                         help="representations attacked, of %(choices)s (%(default)s)")
-    parser.add_argument("--attacks", nargs="+", choices=Choices("lpla_fast.attacks", "ATTACKS"), metavar="NAME",
+    parser.add_argument("--attacks", nargs="+", choices=ATTACKS, metavar="NAME",
                         default=PresetValue("study.attacks"),
                         help="attacks of the main table, of %(choices)s (%(default)s)")
     parser.add_argument("--k", type=int, default=PresetValue("study.k"),
