@@ -175,13 +175,11 @@ def _decode_into(path, shards, total, channels, size, skip_bad, chunk_rows, prog
                     skipped.append({"id": f"{shard.path} (rows {start}-{stop})", "reason": exc.problem})
                     bar.update(stop - start)
                     continue
+                if not skip_bad:
+                    decoded.check(shard.path, start, " (pass skip_bad / --skip-bad-images to leave it out)")
                 keep = np.ones(stop - start, bool)
                 for row, problem in sorted(decoded.bad.items()):
-                    image_id = _row_id(name, folder_tree, decoded.paths, start, row)
-                    if not skip_bad:
-                        raise ShardError(shard.path, f"{decoded.where(row, start)} {problem} "
-                                                     "(pass skip_bad / --skip-bad-images to leave it out)")
-                    skipped.append({"id": image_id, "reason": problem})
+                    skipped.append({"id": _row_id(name, folder_tree, decoded.paths, start, row), "reason": problem})
                     keep[row - start] = False
                 pixels = np.ascontiguousarray(to_channels(decoded.images[keep], channels).transpose(0, 3, 1, 2))
                 os.pwrite(f.fileno(), pixels.tobytes(), offset + count * row_bytes)

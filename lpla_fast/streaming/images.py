@@ -117,10 +117,20 @@ class DecodedRows:
     paths: Optional[List[str]]
     bad: Dict[int, str]
 
+    def path(self, row: int, start: int) -> Optional[str]:
+        return self.paths[row - start] if self.paths is not None else None
+
     def where(self, row: int, start: int) -> str:
         """'row R (path)' of a row, for messages."""
-        path = self.paths[row - start] if self.paths is not None else None
+        path = self.path(row, start)
         return f"row {row}" + (f" ({path})" if path is not None else "")
+
+    def check(self, shard: str, start: int, hint: str = "") -> "DecodedRows":
+        """Itself when no row is bad, else `ShardError` naming the first bad row (and its path)."""
+        if self.bad:
+            row, problem = min(self.bad.items())
+            raise ShardError(shard, f"{self.where(row, start)} {problem}{hint}")
+        return self
 
 
 class ImageShard:
@@ -142,10 +152,7 @@ class ImageShard:
         raise NotImplementedError
 
     def read(self, start: int, stop: int) -> Tuple[np.ndarray, Optional[List[str]]]:
-        rows = self.read_rows(start, stop)
-        if rows.bad:
-            row, problem = min(rows.bad.items())
-            raise ShardError(self.path, f"{rows.where(row, start)} {problem}")
+        rows = self.read_rows(start, stop).check(self.path, start)
         return rows.images, rows.paths
 
     def _decode_all(self, blobs, paths, start: int, bad: Optional[Dict[int, str]] = None) -> DecodedRows:
