@@ -17,13 +17,14 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from multiprocessing import get_context
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Union
 
 import torch
 from torch import Tensor
 
 from .checkpoint import load_encoder, read_config
 from .config import TrainConfig
+from .pixels import CacheRows, float_batch, resolve_images
 from .training import resolve_device, train_encoder
 
 
@@ -33,9 +34,14 @@ ENGINES = ("local", "ray")
 @dataclass
 class TrainJob:
     """One encoder to train: its members, its config and its checkpoint folder; with
-    `dp_epsilon`, trained by DP-SGD to that epsilon (`encoders.dp`, no intermediate checkpoints)."""
+    `dp_epsilon`, trained by DP-SGD to that epsilon (`encoders.dp`, no intermediate checkpoints).
 
-    images: Tensor
+    images: the members as a float tensor, or as `CacheRows` (rows of an image cache): a job
+    sent to a worker process then carries the cache's folder and row numbers, not pixels, and
+    the worker reads the rows from the memory-mapped file.
+    """
+
+    images: Union[Tensor, CacheRows]
     config: TrainConfig
     folder: str
     name: str = ""
@@ -125,7 +131,7 @@ def _train_in_workers(jobs, workers, seconds, before, say) -> None:
     bar.close()
 
 
-def _train_one(images: Tensor, config: dict, folder: str, dp_epsilon: Optional[float] = None,
+def _train_one(images: Union[Tensor, CacheRows], config: dict, folder: str, dp_epsilon: Optional[float] = None,
                progress: bool = False) -> float:
     start = time.perf_counter()
     config = TrainConfig.from_dict(config)
@@ -135,6 +141,10 @@ def _train_one(images: Tensor, config: dict, folder: str, dp_epsilon: Optional[f
         from .checkpoint import save_encoder
         from .dp import train_encoder_dp
 
+        if not isinstance(images, Tensor) or not images.is_floating_point():
+            # DP-SGD samples its batches itself: it takes the members as floats
+            array, rows = resolve_images(images)
+            images = float_batch(array, rows, slice(None))
         encoder = train_encoder_dp(images, config, target_epsilon=dp_epsilon, progress=progress)
         save_encoder(encoder, folder)
     return time.perf_counter() - start
