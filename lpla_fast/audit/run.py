@@ -138,10 +138,19 @@ def run_audit(config: AuditConfig, progress: bool = True):
         raise ValueError("--recipe is the recipe of references trained here: it needs --train-references R")
     if config.references:
         user_refs = scan_references(config.references, target.external)
+        with stages.timed("references", f"loading {len(user_refs)} reference encoders from {config.references}"):
+            user_encoders = _load_user_references(config, target, user_refs, device)
 
     sources = {role: src for role, src in zip(ROLES, (config.members, config.nonmembers, config.population)) if src}
     pool, cache_folder = _prepare_images(config, sources, pre.image_size, recipe is not None, stages, progress)
-    _check_sizes(config, pool)
+    try:
+        if user_refs is not None:
+            pool, user_masks = _user_masks(pool, user_refs)
+        _check_sizes(config, pool)
+    except BaseException:
+        if cache_folder is not None:
+            shutil.rmtree(os.path.dirname(cache_folder), ignore_errors=True)
+        raise
     os.makedirs(config.out, exist_ok=True)
     if cache_folder is not None:  # staged: move the checked caches into OUT
         os.replace(cache_folder, os.path.join(config.out, "cache"))
@@ -154,8 +163,12 @@ def run_audit(config: AuditConfig, progress: bool = True):
         target_views = query_pool(target.encoder, pool, config, device)
     refset = None
     ref_info = {}
+    if user_refs is not None:
+        encoders, masks = user_encoders, user_masks
+        ref_info = {"source": config.references, "R": len(user_refs), "folders": [r.folder for r in user_refs]}
+    elif config.train_references:
+        encoders, masks, ref_info = _train_references(config, recipe, pool, stages, progress)
     if config.knowledge != "none":
-        encoders, masks, ref_info = _references(config, target, recipe, user_refs, pool, stages, progress, device)
         with stages.timed("query/references", f"querying {len(encoders)} reference encoders"):
             ref_views = [query_pool(e, pool, config, device) for e in encoders]
         refset = _reference_set(pool, target_views, ref_views, masks)
@@ -233,27 +246,47 @@ def query_pool(encoder, pool: CandidatePool, config: AuditConfig, device) -> dic
     return {"candidates": torch.cat([members, nonmembers]), "population": population}
 
 
-def _references(config, target, recipe, user_refs, pool, stages, progress, device):
-    """(encoders, (R, N) masks, info) of the references: the user's, or trained here."""
+def _load_user_references(config, target, user_refs, device) -> list:
+    """The user's reference encoders, each checked to be of the target's architecture."""
     from ..encoders import load_encoder
     from .encoder_spec import load_target
+
+    encoders = []
+    for r in user_refs:
+        if os.path.isdir(r.encoder_path):
+            encoder = load_encoder(r.encoder_path, device=device)
+            if encoder.config.backbone != target.architecture:
+                raise ValueError(f"reference {r.folder!r} is a {encoder.config.backbone}; the target is "
+                                 f"{target.architecture}")
+        else:
+            encoder = load_target(target.spec, r.encoder_path, config.output, config.image_size, config.mean,
+                                  config.std, config.augmentation, device).encoder
+        encoders.append(encoder)
+    return encoders
+
+
+def _user_masks(pool: CandidatePool, user_refs):
+    """(pool, (R, N) masks) for the user's references. Without --population, the non-members that
+    no reference trained on are known non-members of every encoder: they become the population
+    (out of the candidates), as with references trained here."""
+    from .candidates import CandidatePool
     from .references import masks_from_ids
 
-    if user_refs is not None:
+    def masks_over(p: CandidatePool) -> np.ndarray:
         # A reference names its members by path, or by cache id where those are unique.
-        short = pool.ids()
+        short = p.ids()
         unique = len(set(short)) == len(short)
-        masks = masks_from_ids(user_refs, [[p] + ([i] if unique else []) for p, i in zip(pool.paths(), short)])
-        with stages.timed("references", f"loading {len(user_refs)} reference encoders from {config.references}"):
-            encoders = [load_encoder(r.encoder_path, device=device) if os.path.isdir(r.encoder_path) else
-                        load_target(target.spec, r.encoder_path, config.output, config.image_size, config.mean,
-                                    config.std, config.augmentation, device).encoder for r in user_refs]
-        for r, e in zip(user_refs, encoders):
-            if os.path.isdir(r.encoder_path) and e.config.backbone != target.architecture:
-                raise ValueError(f"reference {r.folder!r} is a {e.config.backbone}; the target is {target.architecture}")
-        return encoders, masks, {"source": config.references, "R": len(user_refs),
-                                 "folders": [r.folder for r in user_refs]}
-    return _train_references(config, recipe, pool, stages, progress)
+        return masks_from_ids(user_refs, [[path] + ([i] if unique else []) for path, i in zip(p.paths(), short)])
+
+    masks = masks_over(pool)
+    if pool.population is None:
+        never = ~masks.any(axis=0) & ~pool.is_member
+        if never.sum() >= 2 and (~never & ~pool.is_member).sum() >= 2:
+            rows = pool.pool_rows[never[pool.n_members:]]
+            pool = CandidatePool(pool.caches, pool.sources, pool.member_rows, pool.pool_rows[~never[pool.n_members:]],
+                                 ("nonmembers", rows))
+            masks = masks_over(pool)
+    return pool, masks
 
 
 def _train_references(config, recipe, pool, stages, progress):
@@ -316,7 +349,10 @@ def _attack_and_write(config, target, pool, target_views, refset, ref_info, stag
     from ..study.settings import StudyConfig
 
     K = int(config.k)
-    study = StudyConfig(seed=config.seed, level="audit", k=K, ks=tuple(k for k in (1, 2, 4, 8, 16) if k <= K),
+    # The kNN attack's neighbours: 10, or fewer when its banks (a quarter of the members at the
+    # audit level, the population at the reference level) are smaller.
+    banks = [pool.n_members // 4] + ([] if pool.population is None else [len(pool.population[1])])
+    study = StudyConfig(attack_params={"knn": {"k": max(1, min([10] + banks))}}, seed=config.seed, level="audit", k=K, ks=tuple(k for k in (1, 2, 4, 8, 16) if k <= K),
                         n_bootstrap=config.n_bootstrap, reference_ks=tuple(sorted({1, K})),
                         reference_statistics=tuple(STATISTICS))
     candidates = target_views["candidates"]
