@@ -12,7 +12,7 @@ import importlib
 import math
 import sys
 
-SUBCOMMANDS = ("experiment", "train", "embed", "attack", "score", "demo")
+SUBCOMMANDS = ("experiment", "train", "embed", "attack", "score", "export_images", "demo")
 
 
 class Choices:
