@@ -12,7 +12,7 @@ import importlib
 import math
 import sys
 
-SUBCOMMANDS = ("experiment", "train", "embed", "attack", "score", "audit", "demo")
+SUBCOMMANDS = ("experiment", "train", "embed", "attack", "score", "audit", "export_images", "demo")
 
 
 class Choices:
