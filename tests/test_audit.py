@@ -210,3 +210,33 @@ def test_external_weights_in_lightning_nesting_load_into_a_torchvision_model(tmp
         (x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
     assert torch.allclose(target.encoder.embed(x), expected.flatten(1), atol=1e-5)
     assert target.preprocessing.image_size == 32 and target.encoder.embed_dim() == 512
+
+
+def readme_audit_commands():
+    """The commands of the README's `lpla audit` worked example (its first code block there)."""
+    import re
+    import shlex
+
+    text = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
+    section = text[text.index("## Audit your own encoder"):]
+    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1).replace("\\\n", " ")
+    commands = [shlex.split(line.split("#")[0]) for line in block.splitlines() if line.startswith("lpla ")]
+    return [c[1:] for c in commands if "timm:resnet18" not in c]  # the last one needs the user's weights
+
+
+@pytest.mark.slow  # trains a 200-member encoder and two references: about a minute on 2 busy cores
+def test_the_readme_example_runs(tmp_path):
+    """The README's worked example, made small: 2 epochs of training, 2 references of 1 epoch, K = 2."""
+    fast = {"train": ["--epochs", "2", "--width", "8", "--no-progress"], "export-images": ["--no-progress"],
+            "audit": FAST}
+    commands = readme_audit_commands()
+    assert [c[0] for c in commands] == ["train", "export-images", "audit", "audit"]
+    for command in commands:
+        command = [str(tmp_path / a) if a.startswith("runs/") else a for a in command]
+        if "--train-references" in command:
+            i = command.index("--train-references")
+            command[i + 1:i + 2] = ["2", "--epochs", "1"]
+        assert main(command + fast[command[0]]) == 0, command
+    lira = pd.read_parquet(tmp_path / "runs" / "audit-lira" / "scores.parquet")
+    assert {"lira", "rmia"} <= set(lira["attack"]) and lira["path"].notna().all()
+    assert (tmp_path / "runs" / "audit-lira" / "plots" / "exposed.png").is_file()
