@@ -394,7 +394,8 @@ def _attack_and_write(config, target, pool, target_views, refset, ref_info, stag
         if sheet:
             results.plots.append("exposed.png")
         _append_to_report(config.out, skipped, sheet)
-        results.save(os.path.join(config.out, "results.json"))
+    results.timings = {"stages": dict(stages.seconds), "total": round(stages.elapsed(), 3)}  # the report's included
+    results.save(os.path.join(config.out, "results.json"))
     stages.say(f"done in {stages.elapsed():.0f} s: {os.path.join(config.out, 'report.md')}")
     return results
 
