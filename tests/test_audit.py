@@ -240,3 +240,32 @@ def test_the_readme_example_runs(tmp_path):
     lira = pd.read_parquet(tmp_path / "runs" / "audit-lira" / "scores.parquet")
     assert {"lira", "rmia"} <= set(lira["attack"]) and lira["path"].notna().all()
     assert (tmp_path / "runs" / "audit-lira" / "plots" / "exposed.png").is_file()
+
+
+@pytest.mark.slow  # trains references in a subprocess, kills it, trains again
+def test_an_audit_killed_during_reference_training_resumes(setup, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    args = ["audit", "--encoder", setup["encoder"], "--members", setup["members"], "--nonmembers",
+            setup["nonmembers"], "--out", str(out), "--train-references", "2", "--epochs", "6", "--workers", "1", *FAST]
+    proc = subprocess.Popen([sys.executable, "-m", "lpla_fast", *args], env=dict(os.environ, PYTHONPATH=os.getcwd()),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = out / "references" / "r0" / "config.json"
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if state.is_file() and 1 <= json.loads(state.read_text())["epochs_done"] < 6:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the audit finished before it could be interrupted"
+    proc.send_signal(signal.SIGKILL)  # kill -9 of the process this test started
+    proc.wait()
+    interrupted_at = json.loads(state.read_text())["epochs_done"]
+    assert interrupted_at < 6
+    assert main(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"]["audit"]["references"]["reused"] == [False, False]
+    assert len(json.loads(state.read_text())["history"]) == 6
