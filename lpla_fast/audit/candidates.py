@@ -47,7 +47,7 @@ def check_disjoint(caches: Dict[str, ImageCache], sources: Dict[str, str]) -> No
         paths_a = dict(zip(qualified_ids(caches[a], sources[a]), caches[a].ids))
         hashes_a = dict(zip(caches[a].hashes, caches[a].ids))
         for b in roles[a_i + 1:]:
-            for path, own in zip(qualified_ids(caches[b], sources[b]), caches[b].ids):
+            for path in qualified_ids(caches[b], sources[b]):
                 if path in paths_a:
                     raise ValueError(f"--{a} and --{b} overlap: {path} is in both")
             for h, own in zip(caches[b].hashes, caches[b].ids):

@@ -21,8 +21,8 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
-from typing import List, Optional, Tuple
+from dataclasses import asdict, dataclass
+from typing import Optional, Tuple
 
 import numpy as np
 
@@ -34,7 +34,6 @@ from .candidates import ROLES, CandidatePool, build_caches, check_disjoint, make
 # Without --population, this fraction of the non-members is set aside as the population of the
 # references (RMIA's known non-members, kept out of every encoder) when references are trained.
 POPULATION_FRACTION = 0.25
-KNOWLEDGE = ("none", "references", "train-references")
 # The views of each role are drawn with the seed of the study's split playing that role, so an
 # audit of a `lpla train` encoder queries what `lpla attack --splits` queries.
 ROLE_SPLITS = {"members": "target_members", "nonmembers": "target_nonmembers", "population": "reference"}
@@ -178,8 +177,6 @@ def run_audit(config: AuditConfig, progress: bool = True):
 def _prepare_images(config, sources, image_size, carve, stages, progress):
     """(pool, staged cache folder or None): caches built and checked (in a staging folder when
     OUT does not hold them yet), then the candidate pool."""
-    from .candidates import build_caches
-
     final = os.path.join(config.out, "cache")
     staged = None
     if os.path.isdir(final):
