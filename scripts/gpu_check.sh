@@ -6,7 +6,7 @@
 # $OUT (default: ${TMPDIR:-/tmp}/lpla_gpu_check).
 #
 #   scripts/gpu_check.sh            # TORCH_CUDA_ARCH_LIST defaults to 9.0 (H100/H200)
-#   STEPS="bench score" scripts/gpu_check.sh   # a subset of: reference tests bench score images
+#   STEPS="bench score" scripts/gpu_check.sh   # a subset of: reference tests bench score images audit
 set -uo pipefail
 set -x
 cd "$(dirname "$0")/.."
@@ -16,7 +16,7 @@ PY="${PYTHON:-python3}"
 export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" LPLA_FORCE_CUDA=1
 export MAX_JOBS="${MAX_JOBS:-$(nproc)}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-STEPS=" ${STEPS:-reference tests bench score images} "
+STEPS=" ${STEPS:-reference tests bench score images audit} "
 step() { [[ "$STEPS" == *" $1 "* ]]; }
 status=0
 stamp() { echo "[gpu_check] $(date -u +%H:%M:%S) +$((SECONDS))s: $*" | tee -a "$OUT/summary.txt"; }
@@ -174,5 +174,20 @@ if step images && "$PY" -c "import pytest_benchmark, pyarrow, PIL" 2>/dev/null; 
     --benchmark-json="$OUT/bench_images_cuda.json" --benchmark-columns=median,min,max 2>&1 | tail -30 | tee "$OUT/bench_images_cuda.txt"
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
   stamp "image job benchmark done (status=$status)"
+fi
+
+# 6. A short `lpla audit` on the GPU: a torchvision ResNet-18 with random weights (saved to
+#    safetensors, as a user's weights would be), the digits exported as image folders, two
+#    references trained on the GPU (bf16 autocast, channels-last) for one epoch, LiRA and RMIA.
+if step audit && "$PY" -c "import pyarrow, PIL, torchvision" 2>/dev/null; then
+  rm -rf "$OUT/audit" "$OUT/audit_images"
+  "$PY" -m lpla_fast export-images --out "$OUT/audit_images" --no-progress \
+    && "$PY" -c "import sys, torchvision; from safetensors.torch import save_file; m = torchvision.models.resnet18(); save_file({k: v.contiguous() for k, v in m.state_dict().items()}, sys.argv[1])" "$OUT/r18.safetensors" \
+    && "$PY" -m lpla_fast audit --encoder torchvision:resnet18 --weights "$OUT/r18.safetensors" --image-size 32 \
+      --members "$OUT/audit_images/members" --nonmembers "$OUT/audit_images/nonmembers" \
+      --population "$OUT/audit_images/reference" --device cuda --train-references 2 --epochs 1 --K 4 \
+      --bootstrap 200 --out "$OUT/audit" 2>&1 | tail -40 | tee "$OUT/audit.txt"
+  [ "${PIPESTATUS[0]}" -eq 0 ] && [ -f "$OUT/audit/plots/exposed.png" ] || status=1
+  stamp "audit on cuda done (status=$status)"
 fi
 exit $status

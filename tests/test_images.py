@@ -336,3 +336,106 @@ def test_kill9_mid_run_then_rerun_scores_every_image_exactly_once(tmp_path, enco
     table = read_scores(str(out))
     assert table.num_rows == 384 and len(set(zip(table.column("shard").to_pylist(), table.column("row").to_pylist()))) == 384
     assert table.equals(read_scores(reference))
+
+
+# --- one bad image is a bad row (--skip-bad-images) ----------------------------------------
+
+
+def _cli_run(*args):
+    return subprocess.run([sys.executable, "-m", "lpla_fast", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_a_folder_with_one_empty_png_scores_the_others_with_skip_bad_images(tmp_path, encoder_dir, calib_path):
+    write_folder(tmp_path / "src", random_images(40, seed=12))
+    (tmp_path / "src" / "class1" / "empty.png").write_bytes(b"")
+    base = ["score", "--calibration", calib_path, "--encoder", encoder_dir, "--images", str(tmp_path / "src"),
+            "--K", str(K), "--batch-rows", "32", "--no-progress"]
+    refused = _cli_run(*base, "--out", str(tmp_path / "refused"))
+    assert refused.returncode != 0 and "empty.png" in refused.stderr and "--skip-bad-images" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    done = _cli_run(*base, "--out", str(tmp_path / "out"), "--skip-bad-images")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["rows"] == 40 and summary["complete"] and not summary["bad_shards"]
+    [skip] = summary["skipped_images"]
+    assert skip["path"] == os.path.join("class1", "empty.png") and "cannot be decoded" in skip["reason"]
+    table = read_scores(str(tmp_path / "out"))
+    assert table.num_rows == 40 and os.path.join("class1", "empty.png") not in table.column("path").to_pylist()
+    manifest = json.load(open(tmp_path / "out" / "manifest.json"))
+    [entry] = manifest["shards"].values()
+    assert entry["status"] == "done" and list(entry["skipped"].values()) == [[skip["path"], skip["reason"]]]
+
+
+def jpeg_bytes(image):
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def test_a_truncated_jpeg_in_a_tar_and_a_corrupt_parquet_cell_are_left_out_alone(tmp_path, encoder_dir, calib_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    images = random_images(40, seed=13)
+    with tarfile.open(src / "a.tar", "w") as tar:
+        for i, image in enumerate(images):
+            name, data = (f"s{i:05d}.jpg", jpeg_bytes(image)[:200]) if i == 13 else (f"s{i:05d}.png", png_bytes(image))
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    cells = [png_bytes(im) for im in images]
+    cells[5] = b"not an image"
+    pq.write_table(pa.table({"image": pa.array(cells, pa.binary())}), src / "b.parquet", row_group_size=25)
+    done = _cli_run("score", "--calibration", calib_path, "--encoder", encoder_dir, "--images", str(src), "--K", str(K),
+                    "--batch-rows", "32", "--no-progress", "--out", str(tmp_path / "out"), "--skip-bad-images")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["rows"] == 78
+    assert [(os.path.basename(s["shard"]), s["row"], s["path"]) for s in summary["skipped_images"]] == [
+        ("a.tar", 13, "s00013.jpg"), ("b.parquet", 5, None)]
+    # The other images keep their rows and their views: the scores of the shard with the bad
+    # image's pixels as zeros, without its row.
+    table = read_scores(str(tmp_path / "out"))
+    calib = LpLACalibration.load(calib_path)
+    for shard, bad in (("a.tar", 13), ("b.parquet", 5)):
+        rows = table.filter(pa.compute.equal(table.column("shard").cast(pa.string()), shard))
+        keep = np.arange(40) != bad
+        assert rows.column("row").to_pylist() == np.flatnonzero(keep).tolist()
+        zeroed = images.copy()
+        zeroed[bad] = 0
+        _, scores = expected(encoder_dir, zeroed, calib)
+        np.testing.assert_allclose(rows.column("score").to_numpy(), scores[keep], rtol=1e-4, atol=1e-4)
+
+
+def test_skipped_images_resume_exactly_once(tmp_path, encoder_dir, calib_path):
+    write_folder(tmp_path / "src", random_images(70, seed=14))
+    (tmp_path / "src" / "class0" / "img0003.png").write_bytes(b"\x89PNG broken")
+    _, reference = score(tmp_path, encoder_dir, tmp_path / "src", out="ref", calib=calib_path, skip_bad_images=True)
+    _, out = score(tmp_path, encoder_dir, tmp_path / "src", out="out", calib=calib_path, skip_bad_images=True)
+    manifest = json.load(open(os.path.join(out, "manifest.json")))
+    [entry] = manifest["shards"].values()
+    os.unlink(os.path.join(out, "scores", entry["parts"]["0"][1]))  # the chunk that holds the bad image
+    del entry["parts"]["0"], entry["skipped"]
+    entry["status"], manifest["complete"] = "pending", False
+    json.dump(manifest, open(os.path.join(out, "manifest.json"), "w"))
+    summary, _ = score(tmp_path, encoder_dir, tmp_path / "src", out="out", calib=calib_path, skip_bad_images=True)
+    assert summary["complete"] and summary["rows"] == 70 and len(summary["skipped_images"]) == 1
+    assert read_scores(out).equals(read_scores(reference))
+
+
+def test_embed_with_skip_bad_images_writes_the_good_images_only(tmp_path, encoder_dir):
+    write_folder(tmp_path / "src", random_images(20, seed=15))
+    (tmp_path / "src" / "class0" / "empty.png").write_bytes(b"")
+    done = _cli_run("embed", "--checkpoint", encoder_dir, "--images", str(tmp_path / "src"), "--K", str(K),
+                    "--out", str(tmp_path / "emb"), "--no-progress", "--skip-bad-images")
+    assert done.returncode == 0, done.stderr
+    folder = tmp_path / "emb" / "embeddings"
+    [ids] = [np.load(folder / n) for n in os.listdir(folder) if n.endswith(".ids.npy")]
+    [views] = [np.load(folder / n) for n in os.listdir(folder) if n.endswith(".npy") and not n.endswith(".ids.npy")]
+    assert len(ids) == len(views) == 20 and os.path.join("class0", "empty.png") not in ids.tolist()
+
+
+def test_skip_bad_images_is_refused_for_embeddings(tmp_path):
+    with pytest.raises(ValueError, match="--skip-bad-images is for --images"):
+        ScoreConfig(embeddings=str(tmp_path), out=str(tmp_path / "o"), stat="norm", skip_bad_images=True)

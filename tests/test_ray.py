@@ -85,7 +85,11 @@ def test_ray_rerun_skips_committed_shards_and_records_bad_ones(ray_cluster, tmp_
 
 
 def test_ray_image_job_equals_the_local_engine_row_for_row(ray_cluster, tmp_path):
+    import io
+    import tarfile
+
     import torch
+    from PIL import Image
 
     from lpla_fast.encoders import TrainConfig, build_encoder, save_encoder
 
@@ -97,16 +101,27 @@ def test_ray_image_job_equals_the_local_engine_row_for_row(ray_cluster, tmp_path
     (tmp_path / "img").mkdir()
     for name in ("a", "b"):
         np.save(tmp_path / "img" / f"{name}.npy", rng.integers(0, 256, (80, 8, 8, 3), dtype=np.uint8))
+    with tarfile.open(tmp_path / "img" / "c.tar", "w") as tar:  # one bad image among 40 (--skip-bad-images)
+        for i in range(40):
+            buf = io.BytesIO()
+            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(buf, format="PNG")
+            data = buf.getvalue()[:20] if i == 33 else buf.getvalue()
+            info = tarfile.TarInfo(f"s{i:03d}.png")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
     LpLACalibration(p=2.0, log_space=True, mean_in=0.1, std_in=1.0, mean_out=0.0, std_out=1.2, dim=16).save(tmp_path / "c.json")
 
     def job(out, engine):
         return score_shards(ScoreConfig(images=str(tmp_path / "img"), encoder=str(tmp_path / "encoder"), out=str(tmp_path / out),
                                         calibration=str(tmp_path / "c.json"), K=3, batch_rows=32, engine=engine,
-                                        workers=0, progress=False, write_norms=True, write_embeddings=True))
+                                        workers=0, progress=False, write_norms=True, write_embeddings=True,
+                                        skip_bad_images=True))
 
-    assert job("ray", "ray") == job("local", "local")
+    summary = job("ray", "ray")
+    assert summary == job("local", "local")
+    assert summary["rows"] == 199 and [s["row"] for s in summary["skipped_images"]] == [33]
     local_parts, ray_parts = parts(tmp_path / "local"), parts(tmp_path / "ray")
-    assert list(local_parts) == list(ray_parts) and len(local_parts) == 6
+    assert list(local_parts) == list(ray_parts) and len(local_parts) == 8
     for name in local_parts:
         assert ray_parts[name].equals(local_parts[name]), name
     for name in sorted(os.listdir(tmp_path / "local" / "embeddings")):

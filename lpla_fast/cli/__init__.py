@@ -14,7 +14,7 @@ import importlib
 import math
 import sys
 
-SUBCOMMANDS = ("experiment", "train", "embed", "attack", "score", "demo")
+SUBCOMMANDS = ("experiment", "train", "embed", "attack", "score", "audit", "export_images", "demo")
 
 
 class Lazy:

@@ -51,6 +51,9 @@ def add_parser(subparsers) -> None:
                         help="%(choices)s (default: %(default)s)")
     images.add_argument("--address", help="Ray cluster address for --engine ray")
     images.add_argument("--skip-bad-shards", action="store_true", help="record bad shards in the manifest and go on")
+    images.add_argument("--skip-bad-images", action="store_true",
+                        help="leave out each image that cannot be read or decoded, embed the others, and record it "
+                             "in the manifest")
     images.add_argument("--overwrite", action="store_true", help="discard a previous job's outputs in --out")
     add_no_progress(images)
     p.set_defaults(func=run)
@@ -105,7 +108,8 @@ def run_images(args) -> int:
         config = ScoreConfig(out=args.out, images=args.images, encoder=args.checkpoint, output=args.output, K=args.K,
                              view_seed=args.seed, stat="norm", write_embeddings=True, batch_rows=args.batch_rows,
                              workers=args.workers, forward_batch=args.batch_size, device=args.device or "cpu", engine=args.engine,
-                             address=args.address, skip_bad_shards=args.skip_bad_shards, overwrite=args.overwrite,
+                             address=args.address, skip_bad_shards=args.skip_bad_shards,
+                             skip_bad_images=args.skip_bad_images, overwrite=args.overwrite,
                              progress=not args.no_progress)
     except ValueError as exc:
         print(f"lpla embed: error: {exc}", file=sys.stderr)

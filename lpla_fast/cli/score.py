@@ -45,6 +45,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--p", type=float, default=Auto("the calibration's, else {}", Lazy(STREAMING, "DEFAULT_P")),
                         help="p of the Lp-norm for --stat norm (default: %(default)s)")
     parser.add_argument("--skip-bad-shards", action="store_true", help="record bad shards in the manifest and go on")
+    parser.add_argument("--skip-bad-images", action="store_true",
+                        help="with --images: leave out each image that cannot be read or decoded, score the others, "
+                             "and record its path and the reason in the manifest and the summary")
     parser.add_argument("--write-norms", action="store_true", help="also write the per-view norms")
     parser.add_argument("--overwrite", action="store_true", help="discard a previous job's outputs in --out")
     add_no_progress(parser)
@@ -89,6 +92,7 @@ def run(args) -> int:
             engine=args.engine,
             address=args.address,
             skip_bad_shards=args.skip_bad_shards,
+            skip_bad_images=args.skip_bad_images,
             write_norms=args.write_norms,
             overwrite=args.overwrite,
             progress=not args.no_progress,
@@ -111,4 +115,7 @@ def run_job(config, command: str) -> int:
     print(json.dumps(summary, indent=1))
     if summary["bad_shards"]:
         print(f"{command}: {len(summary['bad_shards'])} bad shards skipped (see {config.out}/manifest.json)", file=sys.stderr)
+    if summary["skipped_images"]:
+        print(f"{command}: {len(summary['skipped_images'])} bad images left out (see {config.out}/manifest.json)",
+              file=sys.stderr)
     return 0

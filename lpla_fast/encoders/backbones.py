@@ -108,8 +108,15 @@ def make_backbone(name: str, width: int | None = None, image_size: int = 16) -> 
     """Build a backbone by name; the module's `out_dim` is its embedding size.
 
     `width` is the base channel count of small_cnn / deep_cnn and the hidden size of vit_small (None picks
-    DEFAULT_WIDTH); the ResNets have their standard width.
+    DEFAULT_WIDTH); the ResNets have their standard width. An external spec (timm:NAME,
+    torchvision:NAME, python:module:factory, see `external`) builds that model, without width.
     """
+    from .external import is_external, make_external_backbone
+
+    if is_external(name):
+        if width is not None:
+            raise ValueError(f"an external backbone ({name}) has no width parameter, got width={width}")
+        return make_external_backbone(name, image_size)
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
     width = DEFAULT_WIDTH[name] if width is None else int(width)

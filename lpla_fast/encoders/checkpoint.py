@@ -23,7 +23,9 @@ CONFIG_FILE, MODEL_FILE, STATE_FILE = "config.json", "model.safetensors", "train
 
 def save_encoder(encoder: Encoder, path: str, epochs_done: int | None = None) -> None:
     """Write the encoder to folder `path` (created if needed), each file atomically."""
-    if encoder.config.backbone not in BACKBONES:
+    from .external import is_external
+
+    if encoder.config.backbone not in BACKBONES and not is_external(encoder.config.backbone):
         raise ValueError(
             f"only encoders on a named backbone ({', '.join(BACKBONES)}) can be saved; this one has "
             f"{encoder.config.backbone!r}. Save its state_dict yourself and reload with load_pretrained"

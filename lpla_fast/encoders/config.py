@@ -16,7 +16,8 @@ class TrainConfig:
     at batch 128 over about 200 members (about a minute on two CPU cores).
 
     framework: "simclr", "moco", "byol", "simsiam" or "barlowtwins".
-    backbone: "small_cnn", "deep_cnn", "resnet18", "resnet50" or "vit_small".
+    backbone: "small_cnn", "deep_cnn", "resnet18", "resnet50" or "vit_small", or an external
+        architecture spec ("timm:resnet18", "torchvision:resnet18", see `external`).
     width: backbone width (None: the backbone's default, see backbones.DEFAULT_WIDTH).
     proj_dim: output size of the projection head.
     temperature: NT-Xent temperature (SimCLR, MoCo).
@@ -56,8 +57,11 @@ class TrainConfig:
 
         if self.framework not in FRAMEWORKS + (EXTERNAL,):
             raise ValueError(f"unknown framework {self.framework!r}; choose one of {', '.join(FRAMEWORKS)}")
-        if self.framework != EXTERNAL and self.backbone not in BACKBONES:
-            raise ValueError(f"unknown backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}")
+        from .external import is_external
+
+        if self.framework != EXTERNAL and self.backbone not in BACKBONES and not is_external(self.backbone):
+            raise ValueError(f"unknown backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)} "
+                             f"(or an external spec: timm:NAME, torchvision:NAME, python:module:factory)")
         if self.augmentation not in POLICIES:
             raise ValueError(f"unknown augmentation {self.augmentation!r}; choose one of {', '.join(POLICIES)}")
         for name in ("image_size", "proj_dim", "batch_size", "checkpoint_every"):

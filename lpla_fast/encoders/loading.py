@@ -79,6 +79,15 @@ def load_pretrained(source, backbone: str | nn.Module | None = None, image_size:
 
 def backbone_state_dict(checkpoint: Mapping) -> dict:
     """The backbone's tensors out of a (possibly nested) checkpoint; rules in the module docstring."""
+    tensors, picked = model_state_dict(checkpoint)
+    if picked:
+        return tensors
+    return {k: v for k, v in tensors.items() if not _is_head_key(k)}
+
+
+def model_state_dict(checkpoint: Mapping):
+    """(tensors, picked): rules 1 to 3 of the module docstring, without dropping heads (rule 4);
+    picked is True when a backbone prefix (rule 3) selected the keys."""
     state = checkpoint
     while True:
         inner = next((state[k] for k in _NESTING_KEYS if isinstance(state.get(k), Mapping)), None)
@@ -91,8 +100,39 @@ def backbone_state_dict(checkpoint: Mapping) -> dict:
     for prefix in _BACKBONE_PREFIXES:
         picked = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
         if picked:
-            return picked
-    return {k: v for k, v in tensors.items() if not k.startswith(_HEAD_PREFIXES) and "momentum" not in k}
+            return picked, True
+    return tensors, False
+
+
+def _is_head_key(key: str) -> bool:
+    return key.startswith(_HEAD_PREFIXES) or "momentum" in key
+
+
+def load_model_weights(model: nn.Module, source, optional: tuple = (), trust_pickle: bool = False) -> None:
+    """Load a checkpoint (path or state dict; nesting and prefixes as in the module docstring)
+    into a whole model, e.g. a timm or torchvision one with its classifier.
+
+    optional: key prefixes of `model` that may be missing (its classifier, when only the pooled
+    features are released). Keys of heads and momentum copies in the checkpoint (rule 4) that
+    the model lacks are ignored. Anything else missing or unexpected is an error naming the keys.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        source = _read_checkpoint(os.fspath(source), trust_pickle)
+    if not isinstance(source, Mapping):
+        raise ValueError(f"the weights must be a state dict, got {type(source).__name__}")
+    tensors, _ = model_state_dict(source)
+    own = model.state_dict()
+    tensors = {k: v for k, v in tensors.items() if k in own or not _is_head_key(k)}
+    wrong = [f"{k} {tuple(v.shape)} (model: {tuple(own[k].shape)})" for k, v in tensors.items()
+             if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    missing = [k for k in own if k not in tensors and not k.startswith(tuple(optional))]
+    unexpected = [k for k in tensors if k not in own]
+    if missing or unexpected or wrong:
+        parts = [f"{len(missing)} missing (first: {missing[:5]})" if missing else "",
+                 f"{len(unexpected)} unexpected (first: {unexpected[:5]})" if unexpected else "",
+                 f"{len(wrong)} of another shape (first: {wrong[:3]})" if wrong else ""]
+        raise ValueError(f"the weights do not fit the architecture: {'; '.join(p for p in parts if p)} keys")
+    model.load_state_dict(tensors, strict=False)
 
 
 def _strip(key: str) -> str:

@@ -17,22 +17,31 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from multiprocessing import get_context
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Union
 
 import torch
 from torch import Tensor
 
 from .checkpoint import load_encoder, read_config
 from .config import TrainConfig
+from .pixels import CacheRows, float_batch, resolve_images
 from .training import resolve_device, train_encoder
+
+
+ENGINES = ("local", "ray")
 
 
 @dataclass
 class TrainJob:
     """One encoder to train: its members, its config and its checkpoint folder; with
-    `dp_epsilon`, trained by DP-SGD to that epsilon (`encoders.dp`, no intermediate checkpoints)."""
+    `dp_epsilon`, trained by DP-SGD to that epsilon (`encoders.dp`, no intermediate checkpoints).
 
-    images: Tensor
+    images: the members as a float tensor, or as `CacheRows` (rows of an image cache): a job
+    sent to a worker process then carries the cache's folder and row numbers, not pixels, and
+    the worker reads the rows from the memory-mapped file.
+    """
+
+    images: Union[Tensor, CacheRows]
     config: TrainConfig
     folder: str
     name: str = ""
@@ -54,18 +63,34 @@ def epochs_done(folder: str) -> int:
 
 
 def train_encoders(jobs: List[TrainJob], workers: Optional[int] = None, progress: bool = True,
-                   say: Optional[Callable[[str], None]] = None) -> List[tuple]:
+                   say: Optional[Callable[[str], None]] = None, engine: str = "local",
+                   address: Optional[str] = None, gpus_per_job: Optional[float] = None) -> List[tuple]:
     """Train (or reuse) every job's encoder; returns [(encoder, info)] in the order of `jobs`.
 
     workers: processes; None picks `default_workers`. 1 trains in this process, with its
-        threads and a progress bar per encoder.
+        threads and a progress bar per encoder. With engine "ray": CPUs per task (default 1).
     say: called with one line per finished encoder (the study's stage log).
+    engine: "local" (this machine) or "ray" (one Ray task per encoder, see `ray_training`; the
+        checkpoint folders on a file system every node sees); address: the Ray cluster;
+        gpus_per_job: GPUs per task for CUDA jobs on Ray (a fraction packs small encoders).
     info: {"seconds", "epochs", "epochs_reused", "reused", "final_loss"}.
     """
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    before = [min(epochs_done(j.folder), j.config.epochs) for j in jobs]
+    if engine == "ray":
+        from .ray_training import train_on_ray
+
+        pending = [i for i, (j, b) in enumerate(zip(jobs, before))
+                   if b < j.config.epochs or not os.path.isfile(os.path.join(j.folder, "config.json"))]
+        seconds = train_on_ray(jobs, pending, address, cpus_per_job=workers or 1, gpus_per_job=gpus_per_job,
+                               on_done=lambda i, s: _tell(say, jobs[i], s, before[i]))
+        for i in set(range(len(jobs))) - set(pending):
+            _tell(say, jobs[i], 0.0, before[i])
+        return _loaded(jobs, seconds, before)
     workers = default_workers([j.config for j in jobs]) if workers is None else int(workers)
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    before = [min(epochs_done(j.folder), j.config.epochs) for j in jobs]
     seconds = [0.0] * len(jobs)
     if workers == 1 or len(jobs) <= 1:
         for i, job in enumerate(jobs):
@@ -73,6 +98,10 @@ def train_encoders(jobs: List[TrainJob], workers: Optional[int] = None, progress
             _tell(say, job, seconds[i], before[i])
     else:
         _train_in_workers(jobs, workers, seconds, before, say, progress)
+    return _loaded(jobs, seconds, before)
+
+
+def _loaded(jobs, seconds, before) -> List[tuple]:
     results = []
     for job, secs, done_before in zip(jobs, seconds, before):
         encoder = load_encoder(job.folder, device=resolve_device(job.config.device))
@@ -102,7 +131,7 @@ def _train_in_workers(jobs, workers, seconds, before, say, progress) -> None:
     bar.close()
 
 
-def _train_one(images: Tensor, config: dict, folder: str, dp_epsilon: Optional[float] = None,
+def _train_one(images: Union[Tensor, CacheRows], config: dict, folder: str, dp_epsilon: Optional[float] = None,
                progress: bool = False) -> float:
     start = time.perf_counter()
     config = TrainConfig.from_dict(config)
@@ -112,6 +141,10 @@ def _train_one(images: Tensor, config: dict, folder: str, dp_epsilon: Optional[f
         from .checkpoint import save_encoder
         from .dp import train_encoder_dp
 
+        if not isinstance(images, Tensor) or not images.is_floating_point():
+            # DP-SGD samples its batches itself: it takes the members as floats
+            array, rows = resolve_images(images)
+            images = float_batch(array, rows, slice(None))
         encoder = train_encoder_dp(images, config, target_epsilon=dp_epsilon, progress=progress)
         save_encoder(encoder, folder)
     return time.perf_counter() - start

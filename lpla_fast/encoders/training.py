@@ -18,6 +18,7 @@ from .checkpoint import (MODEL_FILE, load_encoder, load_training_state, read_con
                          save_training_state)
 from .config import TrainConfig
 from .frameworks import build_encoder
+from .pixels import Images, float_batch, image_count, resolve_images
 
 # Fields that may change between a checkpoint and the run that resumes it.
 _RESUMABLE_CHANGES = {"epochs", "device", "checkpoint_every", "amp"}
@@ -32,30 +33,43 @@ def resolve_device(device) -> torch.device:
     return device
 
 
-def train_encoder(images: Tensor, config: TrainConfig | None = None, checkpoint_dir: str | None = None,
-                  progress: bool = True) -> Encoder:
+def train_encoder(images: Images, config: TrainConfig | None = None, checkpoint_dir: str | None = None,
+                  progress: bool = True, rows=None) -> Encoder:
     """Train an encoder of config.framework on `images` and return it in eval mode.
 
     Args:
-        images: (N, 3, H, W) float tensor in [0, 1] (the members), N >= 2.
+        images: the members: a (N, 3, H, W) float tensor in [0, 1]; or a uint8 (N, 3, H, W)
+            array (numpy, e.g. an image cache's memory map, or tensor), converted to float
+            (x / 255) one batch at a time; or `CacheRows` (rows of an image cache). N >= 2.
         config: a TrainConfig (defaults: the digits SimCLR recipe).
         checkpoint_dir: folder for checkpoints; when it already holds one of the same config,
             training resumes from it (and returns at once if it is finished).
         progress: show a tqdm progress bar.
+        rows: with uint8 images, the rows that are the members (default: all). Training on
+            uint8 `x[rows]` gives the same encoder as on the float tensor `x[rows] / 255`.
     """
     config = config or TrainConfig()
-    _check_images(images, config)
+    images, rows = resolve_images(images, rows)
+    if isinstance(images, Tensor) and images.is_floating_point():
+        _check_images(images, config)
+    else:
+        _check_pixels(images, rows, config)
     device = resolve_device(config.device)
     with torch.random.fork_rng(devices=[]):  # seeded initial weights, caller's RNG untouched
         torch.manual_seed(config.seed)
         encoder = build_encoder(config).to(device)
+    # On a GPU, convolutions run faster in channels-last layout (tensor cores, with bf16 autocast).
+    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    encoder = encoder.to(memory_format=memory_format)
     trainable = [p for p in encoder.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(trainable, lr=config.lr, weight_decay=config.weight_decay)
     generator = torch.Generator(device=device).manual_seed(config.seed)
     start_epoch = _resume(encoder, optimizer, generator, checkpoint_dir, config)
 
-    images = images.to(device)
-    batches_per_epoch = _batch_count(len(images), config.batch_size)
+    if isinstance(images, Tensor) and images.is_floating_point():
+        images = images.to(device)  # uint8 images stay where they are: read per batch
+    n = image_count(images, rows)
+    batches_per_epoch = _batch_count(n, config.batch_size)
     total_steps = max(1, config.epochs * batches_per_epoch)
     step = start_epoch * batches_per_epoch
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if config.amp and device.type == "cuda"
@@ -65,8 +79,8 @@ def train_encoder(images: Tensor, config: TrainConfig | None = None, checkpoint_
     for epoch in bar:
         encoder.train()
         epoch_loss = torch.zeros((), device=device)
-        for idx in _batches(len(images), config.batch_size, generator):
-            batch = images[idx]
+        for idx in _batches(n, config.batch_size, generator):
+            batch = float_batch(images, rows, idx).to(device).contiguous(memory_format=memory_format)
             view0 = augment(batch, config.augmentation, generator)
             view1 = augment(batch, config.augmentation, generator)
             encoder.before_step(step / total_steps)
@@ -129,6 +143,15 @@ def _batches(n: int, batch_size: int, generator: torch.Generator):
     if len(chunks) > 1 and len(chunks[-1]) < 2:
         chunks.pop()
     return chunks
+
+
+def _check_pixels(images, rows, config: TrainConfig) -> None:
+    """The checks of `_check_images` for uint8 images (always finite: nothing to scan)."""
+    n = image_count(images, rows)
+    if n < 2:
+        raise ValueError(f"training needs at least 2 images, got {n}")
+    if images.shape[-1] != config.image_size or images.shape[-2] != config.image_size:
+        raise ValueError(f"images are {tuple(images.shape[-2:])} but config.image_size is {config.image_size}")
 
 
 def _check_images(images: Tensor, config: TrainConfig) -> None:

@@ -11,20 +11,23 @@ from torch import Tensor
 from ..augment import augment
 from ..splits import SPLIT_NAMES
 from .base import Encoder, check_output, evaluating
+from .pixels import Images, float_batch, image_count, resolve_images
 
 # Randomness is drawn per block of this many images from a generator seeded by (seed, block):
 # the views of an image depend on the seed and its position, not on batch_size or device.
 RANDOM_BLOCK = 32
 
 
-def query_views(encoder: Encoder, images: Tensor, K: int, policy: str = "default", seed: int = 0,
+def query_views(encoder: Encoder, images: Images, K: int, policy: str = "default", seed: int = 0,
                 include_clean: bool = True, output: str = "backbone", batch_size: int = 512,
-                device=None) -> Tensor:
+                device=None, rows=None) -> Tensor:
     """Embeddings of K views of every image.
 
     Args:
         encoder: an Encoder (run in eval mode, without gradients; its mode is restored after).
-        images: (N, C, H, W) float tensor in [0, 1].
+        images: (N, C, H, W) float tensor in [0, 1]; or a uint8 (N, C, H, W) array or tensor
+            (e.g. an image cache's memory map), or `CacheRows`, converted to float (x / 255)
+            one batch of images at a time.
         K: views per image (>= 1).
         policy: augmentation policy name; "default" is the one the encoder trained with.
         seed: views are a deterministic function of (seed, image position).
@@ -32,24 +35,25 @@ def query_views(encoder: Encoder, images: Tensor, K: int, policy: str = "default
         output: "backbone" (the released representation) or "head" (projection-head output).
         batch_size: views per forward pass.
         device: where to run (default: the encoder's device).
+        rows: with uint8 images, the rows to query, in this order (default: all); the views
+            of x[rows] equal those of the float tensor x[rows] / 255.
     Returns:
         (N, K, D) float32 tensor on the CPU.
     """
     check_output(output)
     if int(K) != K or K < 1:
         raise ValueError(f"K (views per image) must be an integer >= 1, got {K!r}")
-    if not isinstance(images, Tensor) or images.dim() != 4:
-        raise ValueError(f"images must be a (N, C, H, W) tensor, got {getattr(images, 'shape', type(images))}")
+    images, rows = resolve_images(images, rows)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     policy = encoder.config.augmentation if policy == "default" else policy
     device = torch.device(device) if device is not None else next(encoder.parameters()).device
-    n = images.shape[0]
+    n = image_count(images, rows)
     out = torch.empty(n, K, encoder.embed_dim(output), dtype=torch.float32)
     per_forward = max(RANDOM_BLOCK, (batch_size // K) // RANDOM_BLOCK * RANDOM_BLOCK)
     with evaluating(encoder):
         for start in range(0, n, per_forward):
-            batch = images[start:start + per_forward].to(device, torch.float32)
+            batch = float_batch(images, rows, slice(start, start + per_forward)).to(device, torch.float32)
             views = draw_views(batch, start, K, policy, seed, include_clean)
             z = encoder.embed(views.flatten(0, 1), output)
             out[start:start + len(batch)] = z.view(len(batch), K, -1).float().cpu()

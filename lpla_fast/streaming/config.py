@@ -23,8 +23,10 @@ class ScoreConfig:
 
     The input is either `embeddings` (a glob or folder of embedding shards) or `images` (an
     image source, see `images`) with the `encoder` folder to embed them with: `output`,
-    `K`, `view_seed`, `workers`, `write_embeddings` and `forward_batch` apply to images only. `batch_rows`
-    None picks the default of the input kind.
+    `K`, `view_seed`, `workers`, `write_embeddings`, `forward_batch` and `skip_bad_images` apply to
+    images only. `batch_rows` None picks the default of the input kind. `skip_bad_shards` records a
+    shard that cannot be read as bad and goes on; `skip_bad_images` leaves just an image that
+    cannot be read or decoded out (recorded in the manifest) and scores the rest of its shard.
     """
 
     out: str
@@ -37,6 +39,7 @@ class ScoreConfig:
     engine: str = "local"
     address: Optional[str] = None
     skip_bad_shards: bool = False
+    skip_bad_images: bool = False
     write_norms: bool = False
     overwrite: bool = False
     progress: bool = True
@@ -52,6 +55,8 @@ class ScoreConfig:
     def __post_init__(self):
         if (self.embeddings is None) == (self.images is None):
             raise ValueError("give exactly one input: --embeddings or --images")
+        if self.skip_bad_images and self.images is None:
+            raise ValueError("--skip-bad-images is for --images (a bad embedding shard is skipped whole: --skip-bad-shards)")
         if self.images is not None and self.encoder is None:
             raise ValueError("--images needs --encoder (an encoder folder saved by `lpla train`)")
         if self.stat not in STATS:

@@ -14,8 +14,12 @@ row (plus its path where it has one):
   its path is that image file's name in the tar.
 
 Every image is decoded with PIL, converted to RGB, and resized (bilinear) to the encoder's
-S x S when its size differs. A file that cannot be decoded makes its shard bad (`ShardError`
-naming the row and path), which the job's --skip-bad-shards policy handles.
+S x S when its size differs. The shard readers are the one place that decides an image is bad
+(it cannot be read, is missing its bytes, or cannot be decoded): `ImageShard.read_rows`
+returns the rows it read with the bad ones listed (and zero pixels in their place, so that
+every other row keeps its position), `ImageShard.read` raises `ShardError` naming the first
+bad row and its path. A shard that cannot be opened or whose file is corrupt as a whole
+raises `ShardError` from either.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ from __future__ import annotations
 import io
 import os
 import tarfile
-from typing import List, Optional, Tuple
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -102,9 +107,36 @@ def fit_array(images: np.ndarray, size: int) -> np.ndarray:
     return np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.BILINEAR)) for im in images])
 
 
+@dataclass
+class DecodedRows:
+    """Rows [start, stop) of an image shard: uint8 (n, S, S, 3) images, their paths (None where
+    the shard has none), and the bad rows as {row in the shard: problem}; a bad row's pixels
+    are zeros."""
+
+    images: np.ndarray
+    paths: Optional[List[str]]
+    bad: Dict[int, str]
+
+    def path(self, row: int, start: int) -> Optional[str]:
+        return self.paths[row - start] if self.paths is not None else None
+
+    def where(self, row: int, start: int) -> str:
+        """'row R (path)' of a row, for messages."""
+        path = self.path(row, start)
+        return f"row {row}" + (f" ({path})" if path is not None else "")
+
+    def check(self, shard: str, start: int, hint: str = "") -> "DecodedRows":
+        """Itself when no row is bad, else `ShardError` naming the first bad row (and its path)."""
+        if self.bad:
+            row, problem = min(self.bad.items())
+            raise ShardError(shard, f"{self.where(row, start)} {problem}{hint}")
+        return self
+
+
 class ImageShard:
     """An opened, checked image shard. Attributes: path, n_rows, size (bytes, to notice a
-    changed shard), has_paths. `read(start, stop)` -> (uint8 (n, S, S, 3), paths or None)."""
+    changed shard), has_paths. `read_rows(start, stop)` -> `DecodedRows`; `read(start, stop)`
+    -> (uint8 (n, S, S, 3), paths or None), or `ShardError` at the first bad image."""
 
     path: str
     n_rows: int
@@ -116,18 +148,26 @@ class ImageShard:
         for start in range(0, self.n_rows, batch_rows):
             yield start, min(start + batch_rows, self.n_rows)
 
-    def read(self, start: int, stop: int) -> Tuple[np.ndarray, Optional[List[str]]]:
+    def read_rows(self, start: int, stop: int) -> DecodedRows:
         raise NotImplementedError
 
-    def _decode_all(self, blobs, paths, start: int) -> np.ndarray:
-        out = np.empty((len(blobs), self.image_size, self.image_size, 3), np.uint8)
+    def read(self, start: int, stop: int) -> Tuple[np.ndarray, Optional[List[str]]]:
+        rows = self.read_rows(start, stop).check(self.path, start)
+        return rows.images, rows.paths
+
+    def _decode_all(self, blobs, paths, start: int, bad: Optional[Dict[int, str]] = None) -> DecodedRows:
+        """Decode encoded images; a blob that is None (already found bad, in `bad`) or that PIL
+        cannot decode leaves zeros and is listed as bad."""
+        bad = dict(bad or {})
+        out = np.zeros((len(blobs), self.image_size, self.image_size, 3), np.uint8)
         for i, data in enumerate(blobs):
+            if data is None:
+                continue
             try:
                 out[i] = decode_image(data, self.image_size)
             except Exception as exc:  # PIL raises many types for a corrupt file
-                where = f" ({paths[i]})" if paths is not None and paths[i] is not None else ""
-                raise ShardError(self.path, f"row {start + i}{where} cannot be decoded as an image: {exc}") from exc
-        return out
+                bad[start + i] = f"cannot be decoded as an image: {exc}"
+        return DecodedRows(out, paths, bad)
 
 
 class NpyImageShard(ImageShard):
@@ -145,9 +185,9 @@ class NpyImageShard(ImageShard):
         self.n_rows = int(shape[0])
         self._shape, self._offset = tuple(shape), offset
 
-    def read(self, start, stop):
+    def read_rows(self, start, stop):
         array = np.load(self.path, mmap_mode="r")  # opened per read: the shard may live in a worker process
-        return fit_array(np.array(array[start:stop]), self.image_size), None
+        return DecodedRows(fit_array(np.array(array[start:stop]), self.image_size), None, {})
 
 
 class FolderShard(ImageShard):
@@ -163,16 +203,17 @@ class FolderShard(ImageShard):
         self.n_rows = len(self.files)
         self.size = sum(os.path.getsize(os.path.join(path, f)) for f in self.files)
 
-    def read(self, start, stop):
-        paths = self.files[start:stop]
-        blobs = []
-        for rel in paths:
+    def read_rows(self, start, stop):
+        paths = list(self.files[start:stop])
+        blobs, bad = [], {}
+        for i, rel in enumerate(paths):
             try:
                 with open(os.path.join(self.path, rel), "rb") as f:
                     blobs.append(f.read())
             except OSError as exc:
-                raise ShardError(self.path, f"{rel} cannot be read: {exc}") from exc
-        return self._decode_all(blobs, paths, start), list(paths)
+                blobs.append(None)
+                bad[start + i] = f"cannot be read: {exc}"
+        return self._decode_all(blobs, paths, start, bad)
 
 
 class ParquetImageShard(ImageShard):
@@ -199,7 +240,7 @@ class ParquetImageShard(ImageShard):
         self.n_rows = int(meta.metadata.num_rows)
         self._group_starts = np.cumsum([0] + [meta.metadata.row_group(i).num_rows for i in range(meta.metadata.num_row_groups)])
 
-    def read(self, start, stop):
+    def read_rows(self, start, stop):
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -215,10 +256,8 @@ class ParquetImageShard(ImageShard):
             paths = column.field("path").to_pylist() if self.has_paths else None
             column = column.field("bytes")
         blobs = column.to_pylist()
-        missing = [start + i for i, b in enumerate(blobs) if b is None]
-        if missing:
-            raise ShardError(self.path, f"{len(missing)} rows have no image bytes (first: {missing[:5]})")
-        return self._decode_all(blobs, paths, start), paths
+        bad = {start + i: "has no image bytes" for i, b in enumerate(blobs) if b is None}
+        return self._decode_all(blobs, paths, start, bad)
 
 
 class TarShard(ImageShard):
@@ -248,15 +287,15 @@ class TarShard(ImageShard):
         self.samples = samples
         self.n_rows = len(samples)
 
-    def read(self, start, stop):
+    def read_rows(self, start, stop):
         rows = self.samples[start:stop]
-        blobs = []
+        blobs, bad = [], {}
         with open(self.path, "rb") as f:
-            for name, offset, size in rows:
+            for i, (name, offset, size) in enumerate(rows):
                 f.seek(offset)
                 data = f.read(size)
                 if len(data) != size:
-                    raise ShardError(self.path, f"truncated: {name} has {len(data)} of its {size} bytes")
+                    data, bad[start + i] = None, f"is truncated: {len(data)} of its {size} bytes"
                 blobs.append(data)
         paths = [name for name, _, _ in rows]
-        return self._decode_all(blobs, paths, start), paths
+        return self._decode_all(blobs, paths, start, bad)

@@ -8,7 +8,9 @@ of a job in OUT:
   ``shard`` (dictionary-encoded string: the shard's file name) and ``row`` (int64: the row
   in that shard), which together name every sample; ``id`` when any shard has sample ids
   (a sidecar ``.ids.npy`` or a Parquet id column; null in the parts of a shard without ids);
-  ``path`` for image sources (the image's path where it has one, else null); ``score``
+  ``path`` for image sources (the image's path where it has one, else null); an image left out
+  as bad (--skip-bad-images) has no row, and is listed with its path and the reason in the
+  manifest and the job's summary; ``score``
   (float64); and, with ``write_norms``, ``norms`` (fixed_size_list<float32, K>, the per-view
   Lp-norms). Every part has the same schema;
 * with ``write_embeddings`` (images), ``OUT/embeddings/part-<shard>-<start>-<stop>.npy``:
@@ -140,6 +142,9 @@ def _write_embeddings(folder: str, part: str, chunk: Chunk, embeddings) -> None:
     shard = os.path.basename(chunk.shard)
     names = [p if p is not None else f"{shard}:{chunk.start + i}" for i, p in
              enumerate(chunk.paths or [None] * (chunk.stop - chunk.start))]
+    keep = chunk.kept()
+    if keep is not None:
+        names = [name for name, kept in zip(names, keep) if kept]
     data, ids = embedding_names(part)
     replace_atomically(os.path.join(folder, ids), lambda tmp: np.save(tmp, np.array(names, dtype=str)))
     replace_atomically(os.path.join(folder, data), lambda tmp: np.save(tmp, embeddings))
@@ -172,7 +177,7 @@ class JobPlan:
 
     def commit(self, chunk: Chunk, table, embeddings=None) -> None:
         name = write_outputs(self.config.out, chunk, table, embeddings)
-        self.manifest.commit_chunk(chunk.shard, chunk.start, chunk.stop, name)
+        self.manifest.commit_chunk(chunk.shard, chunk.start, chunk.stop, name, chunk.skipped)
         self.manifest.save_if_due()
 
     def record_bad(self, shard: str, reason: str) -> None:
@@ -270,8 +275,11 @@ def finish_job(plan: JobPlan) -> Dict[str, object]:
     plan.manifest.save()
     if plan.manifest.complete:
         write_bytes(os.path.join(plan.config.out, "_SUCCESS"), b"", durable=True)
+    skipped = plan.manifest.skipped_images()
     rows = sum(e.get("n_rows", 0) for e in plan.manifest.shards.values() if e.get("status") == "done")
-    return {"rows": rows, "parts": len(listed), "bad_shards": bad, "complete": plan.manifest.complete}
+    rows -= sum(1 for s in skipped if plan.manifest.is_done(s["shard"]))
+    return {"rows": rows, "parts": len(listed), "bad_shards": bad, "skipped_images": skipped,
+            "complete": plan.manifest.complete}
 
 
 def read_scores(out: str):

@@ -1,8 +1,9 @@
 """The job manifest: the one source of truth of what a scoring job has committed.
 
 ``OUT/manifest.json`` holds the job's settings (calibration hash, statistic, p, chunk size)
-and, per shard, its size, row count and the chunks whose part files are committed, or the
-reason it was skipped as bad. A part file is committed in two atomic steps: it is written
+and, per shard, its size, row count, the chunks whose part files are committed and the images
+of those chunks left out as bad (row -> [path, reason]), or the reason the shard was skipped
+as bad. A part file is committed in two atomic steps: it is written
 to a temporary name and renamed into ``OUT/scores/``, then the manifest (also written to a
 temporary file and renamed) lists it. A kill between the two leaves a part the manifest does
 not list; the rerun writes it again under the same deterministic name, so every row ends up
@@ -98,9 +99,12 @@ class Manifest:
         e = self.shards.get(shard)
         return set() if e is None or e.get("status") == "bad" else {int(s) for s in e["parts"]}
 
-    def commit_chunk(self, shard: str, start: int, stop: int, part: str) -> None:
+    def commit_chunk(self, shard: str, start: int, stop: int, part: str, skipped: Optional[dict] = None) -> None:
+        """List a chunk's part, and the images it left out ({row: [path, reason]})."""
         e = self.shards[shard]
         e["parts"][str(start)] = [stop, part]
+        if skipped:
+            e.setdefault("skipped", {}).update({str(row): list(v) for row, v in skipped.items()})
         self._unsaved = True
         if sum(stop - int(s) for s, (stop, _) in e["parts"].items()) == e["n_rows"]:
             e["status"] = "done"
@@ -118,6 +122,12 @@ class Manifest:
 
     def part_files(self) -> List[str]:
         return sorted(part for e in self.shards.values() for _, part in e.get("parts", {}).values())
+
+    def skipped_images(self) -> List[dict]:
+        """[{"shard", "row", "path", "reason"}] of the images left out, shard by shard, in row order."""
+        return [{"shard": shard, "row": int(row), "path": path, "reason": reason}
+                for shard, e in sorted(self.shards.items())
+                for row, (path, reason) in sorted(e.get("skipped", {}).items(), key=lambda kv: int(kv[0]))]
 
     def bad_shards(self) -> Dict[str, str]:
         return {s: e["reason"] for s, e in self.shards.items() if e.get("status") == "bad"}

@@ -15,6 +15,7 @@ On a multi-node cluster the shards and OUT must be on a file system every node c
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from typing import Dict
 
@@ -41,7 +42,7 @@ class _ScoreChunks:
         self.shards = {}  # opened once per actor
 
     def __call__(self, batch: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-        errors = []
+        errors, skipped = [], []
         for shard_path, start, stop in zip(batch["shard"], batch["start"], batch["stop"]):
             start, stop = int(start), int(stop)
             try:
@@ -52,9 +53,11 @@ class _ScoreChunks:
                     shard.release(start, stop)
                 write_outputs(self.out, chunk, table, embeddings)
                 errors.append("")
+                skipped.append(json.dumps(chunk.skipped) if chunk.skipped else "")
             except ShardError as exc:
                 errors.append(exc.problem)
-        return {**batch, "error": np.array(errors, dtype=object)}
+                skipped.append("")
+        return {**batch, "error": np.array(errors, dtype=object), "skipped": np.array(skipped, dtype=object)}
 
 
 def run_ray(config: ScoreConfig) -> Dict[str, object]:
@@ -121,7 +124,8 @@ def _run(plan: JobPlan, config: ScoreConfig) -> None:
                 bad.add(shard)
                 plan.record_bad(shard, record["error"])
                 continue
-            plan.manifest.commit_chunk(shard, start, stop, part_name(shard, start, stop))
+            skipped = json.loads(record["skipped"]) if record["skipped"] else None
+            plan.manifest.commit_chunk(shard, start, stop, part_name(shard, start, stop), skipped)
             plan.manifest.save_if_due()
     finally:
         plan.manifest.save_if_unsaved()  # what was committed before an error stays committed

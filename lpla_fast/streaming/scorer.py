@@ -74,11 +74,18 @@ class ChunkScorer:
             k = norms.shape[1]
             flat = pa.array(norms.float().reshape(-1).numpy())
             columns["norms"] = pa.FixedSizeListArray.from_arrays(flat, k)
-        return pa.table(columns)
+        keep = chunk.kept()  # images left out as bad were scored as zeros: no row for them
+        return pa.table(columns) if keep is None else pa.table(columns).filter(pa.array(keep))
 
     def finish(self, chunk: Chunk, norms, scores):
         """Check a chunk's results (moved to the CPU) and build its table."""
+        import torch
+
         norms, scores = norms.cpu(), scores.cpu()
+        keep = chunk.kept()
+        if keep is not None:  # a left-out image's results are dropped: never a reason to stop
+            drop = torch.from_numpy(~keep)
+            norms, scores = norms.masked_fill(drop[:, None], 0.0), scores.masked_fill(drop, 0.0)
         self.check(chunk, norms, scores)
         return self.table(chunk, norms, scores)
 
@@ -119,7 +126,9 @@ class EncoderScorer:
         table = self.scorer.finish(chunk, norms, scores)
         if not self.write_embeddings:
             return table, None
-        return table, embeddings.float().cpu().view(views.shape[0], self.K, -1).numpy()
+        embeddings = embeddings.float().cpu().view(views.shape[0], self.K, -1).numpy()
+        keep = chunk.kept()
+        return table, embeddings if keep is None else embeddings[keep]
 
     def _forward(self, x, n: int):
         """(embeddings (n*K, D), norms (n, K), scores (n,)) of n samples' K views x."""

@@ -93,7 +93,8 @@ def save_bf16_npy(path: str, x) -> None:
 class Chunk:
     """Rows [start, stop) of one shard: ids (pyarrow array, or None when the shard has no
     ids) and views: (n, K, D) numpy embeddings, or for an image shard (n, K, C, H, W) torch
-    image views, with the rows' paths (a list, or None when the shard has none)."""
+    image views, with the rows' paths (a list, or None when the shard has none) and the images
+    left out as bad, {row: [path, problem]} (their views are zeros; they get no output row)."""
 
     shard: str
     start: int
@@ -102,6 +103,15 @@ class Chunk:
     views: object
     bf16: bool = False  # views holds bfloat16 bit patterns as uint16
     paths: object = None
+    skipped: object = None
+
+    def kept(self):
+        """Boolean mask of the chunk's rows that get an output row; None when all do."""
+        if not self.skipped:
+            return None
+        keep = np.ones(self.stop - self.start, bool)
+        keep[[int(row) - self.start for row in self.skipped]] = False
+        return keep
 
     @property
     def nbytes(self) -> int:

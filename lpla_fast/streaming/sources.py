@@ -8,7 +8,9 @@ reads one chunk of an opened shard (`load`), and streams the chunks a job has le
   without copying (memory map) in the engine's reader thread;
 * `ImageSource`: image shards (see `images`); a chunk is (n, K, C, H, W) float32 views, view 1
   the clean image and views 2..K the random views `encoders.query_views` draws for the same
-  images, K and seed (a sample's views depend on its row in its shard). Decoding and view
+  images, K and seed (a sample's views depend on its row in its shard). An image that cannot
+  be decoded stops the shard, or with `skip_bad_images` is listed in the chunk's `skipped`
+  (its row keeps its place, so every other row keeps its views). Decoding and view
   drawing run in worker processes (a torch DataLoader), overlapped with the forward pass;
   on CUDA the views arrive in pinned memory.
 """
@@ -49,9 +51,9 @@ class ImageSource:
     """Image shards, turned into K views per image for an encoder of input size image_size."""
 
     def __init__(self, source: str, image_size: int, K: int, seed: int, policy: str, workers: int = 1,
-                 pin_memory: bool = False):
+                 pin_memory: bool = False, skip_bad_images: bool = False):
         self.source, self.image_size, self.K, self.seed, self.policy = source, image_size, int(K), seed, policy
-        self.workers, self.pin_memory = workers, pin_memory
+        self.workers, self.pin_memory, self.skip_bad_images = workers, pin_memory, skip_bad_images
 
     def paths(self) -> List[str]:
         from .images import discover_image_shards
@@ -68,9 +70,12 @@ class ImageSource:
         from ..encoders.views import draw_views
         from .images import to_float_images
 
-        images, paths = shard.read(start, stop)
-        views = draw_views(to_float_images(images), start, self.K, self.policy, self.seed, include_clean=True)
-        return Chunk(shard.path, start, stop, None, views.contiguous(), paths=paths)
+        rows = shard.read_rows(start, stop)
+        if not self.skip_bad_images:
+            rows.check(shard.path, start, " (pass --skip-bad-images to leave bad images out and score the others)")
+        skipped = {row: [rows.path(row, start), problem] for row, problem in rows.bad.items()}
+        views = draw_views(to_float_images(rows.images), start, self.K, self.policy, self.seed, include_clean=True)
+        return Chunk(shard.path, start, stop, None, views.contiguous(), paths=rows.paths, skipped=skipped or None)
 
     def stream(self, pending) -> Iterator[Tuple[object, object]]:
         from torch.utils.data import DataLoader
@@ -121,4 +126,4 @@ def make_source(config: ScoreConfig, encoder=None):
         return EmbeddingSource(config.embeddings)
     policy = encoder.config.augmentation
     return ImageSource(config.images, encoder.config.image_size, config.K, config.view_seed, policy,
-                       config.workers, pin_memory=config.device != "cpu")
+                       config.workers, pin_memory=config.device != "cpu", skip_bad_images=config.skip_bad_images)

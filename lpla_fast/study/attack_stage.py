@@ -34,20 +34,23 @@ class ReferenceSet:
     reference_views: per reference encoder, its (N, K, D) views of the candidates.
     reference_masks: (R, N) bool, the references' memberships (known to the attacker).
     population: per reference encoder, its views of the population (the reference split:
-        known non-members of every encoder); target_population: the target's.
+        known non-members of every encoder); target_population: the target's. Both None
+        without a population (RMIA and the "knn" statistic are then skipped).
     """
 
     candidates: Tensor
     target_mask: np.ndarray
     reference_views: Sequence[Tensor]
     reference_masks: np.ndarray
-    population: Sequence[Tensor]
-    target_population: Tensor
+    population: Optional[Sequence[Tensor]]
+    target_population: Optional[Tensor]
 
     def knowledge(self, k: int) -> ReferenceKnowledge:
+        has_population = self.population is not None
         return ReferenceKnowledge(reference_views=[v[:, :k] for v in self.reference_views],
-                                  in_mask=self.reference_masks, population_views=[v[:, :k] for v in self.population],
-                                  target_population_views=self.target_population[:, :k])
+                                  in_mask=self.reference_masks,
+                                  population_views=[v[:, :k] for v in self.population] if has_population else None,
+                                  target_population_views=self.target_population[:, :k] if has_population else None)
 
 
 @dataclass

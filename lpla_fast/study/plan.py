@@ -36,7 +36,9 @@ class Job:
 
     @property
     def held_out(self) -> bool:
-        return self.study in HELD_OUT_STUDIES
+        # At the audit level the attack calibrates on the target's own members and non-members:
+        # it is evaluated on the held-out halves only, never on a sample it was fitted on.
+        return self.study in HELD_OUT_STUDIES or self.level == "audit"
 
 
 def plan_jobs(study: StudyConfig, max_k: int) -> List[Job]:
