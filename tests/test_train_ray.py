@@ -19,7 +19,8 @@ psutil = pytest.importorskip("psutil")
 from ray.cluster_utils import Cluster  # noqa: E402
 
 from lpla_fast.encoders import TrainConfig  # noqa: E402
-from lpla_fast.encoders.parallel import TrainJob, epochs_done, train_encoders  # noqa: E402
+from lpla_fast.encoders.parallel import TrainJob, train_encoders  # noqa: E402
+from lpla_fast.encoders.jobs import epochs_done  # noqa: E402
 
 EPOCHS = 8
 

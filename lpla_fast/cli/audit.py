@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import sys
 
-from . import FRAMEWORKS, OUTPUTS, Choices
+from . import FRAMEWORKS, OUTPUTS, POLICIES, Choices
 
+# The engines that train the references (the scoring job's are `cli.ENGINES`).
 ENGINES = Choices("lpla_fast.encoders.parallel", "ENGINES")
-POLICIES = Choices("lpla_fast.augment", "POLICIES")
 
 
 def add_parser(subparsers) -> None:

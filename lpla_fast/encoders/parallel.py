@@ -13,7 +13,6 @@ interrupted resumes where it stopped, and a finished one is only loaded.
 from __future__ import annotations
 
 import os
-import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -22,10 +21,11 @@ from typing import Callable, List, Optional, Union
 import torch
 from torch import Tensor
 
-from .checkpoint import load_encoder, read_config
+from .checkpoint import load_encoder
 from .config import TrainConfig
-from .pixels import CacheRows, float_batch, resolve_images
-from .training import resolve_device, train_encoder
+from .pixels import CacheRows
+from .jobs import epochs_done, train_to_folder
+from .training import resolve_device
 
 
 ENGINES = ("local", "ray")
@@ -53,13 +53,6 @@ def default_workers(configs: List[TrainConfig]) -> int:
     if any(resolve_device(c.device).type != "cpu" for c in configs):
         return 1
     return max(1, min(len(configs), os.cpu_count() or 1))
-
-
-def epochs_done(folder: str) -> int:
-    """Epochs already trained in a checkpoint folder (0 when there is none)."""
-    if not os.path.isfile(os.path.join(folder, "config.json")):
-        return 0
-    return int(read_config(folder).get("epochs_done", 0))
 
 
 def train_encoders(jobs: List[TrainJob], workers: Optional[int] = None, progress: bool = True,
@@ -94,7 +87,7 @@ def train_encoders(jobs: List[TrainJob], workers: Optional[int] = None, progress
     seconds = [0.0] * len(jobs)
     if workers == 1 or len(jobs) <= 1:
         for i, job in enumerate(jobs):
-            seconds[i] = _train_one(job.images, job.config.to_dict(), job.folder, job.dp_epsilon, progress)
+            seconds[i] = train_to_folder(job.images, job.config.to_dict(), job.folder, job.dp_epsilon, progress)
             _tell(say, job, seconds[i], before[i])
     else:
         _train_in_workers(jobs, workers, seconds, before, say, progress)
@@ -119,7 +112,7 @@ def _train_in_workers(jobs, workers, seconds, before, say, progress) -> None:
     # spawn, not fork: the parent already runs torch's thread pools, which fork would break.
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
                              initializer=torch.set_num_threads, initargs=(1,)) as pool:
-        pending = {pool.submit(_train_one, job.images, job.config.to_dict(), job.folder, job.dp_epsilon): i
+        pending = {pool.submit(train_to_folder, job.images, job.config.to_dict(), job.folder, job.dp_epsilon): i
                    for i, job in enumerate(jobs)}
         while pending:
             finished, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -129,25 +122,6 @@ def _train_in_workers(jobs, workers, seconds, before, say, progress) -> None:
                 bar.update(1)
                 _tell(say, jobs[i], seconds[i], before[i])
     bar.close()
-
-
-def _train_one(images: Union[Tensor, CacheRows], config: dict, folder: str, dp_epsilon: Optional[float] = None,
-               progress: bool = False) -> float:
-    start = time.perf_counter()
-    config = TrainConfig.from_dict(config)
-    if dp_epsilon is None:
-        train_encoder(images, config, checkpoint_dir=folder, progress=progress)
-    elif epochs_done(folder) < config.epochs:  # DP-SGD has no resume: train it whole, or reuse it
-        from .checkpoint import save_encoder
-        from .dp import train_encoder_dp
-
-        if not isinstance(images, Tensor) or not images.is_floating_point():
-            # DP-SGD samples its batches itself: it takes the members as floats
-            array, rows = resolve_images(images)
-            images = float_batch(array, rows, slice(None))
-        encoder = train_encoder_dp(images, config, target_epsilon=dp_epsilon, progress=progress)
-        save_encoder(encoder, folder)
-    return time.perf_counter() - start
 
 
 def _tell(say, job: TrainJob, seconds: float, done_before: int) -> None:

@@ -1,7 +1,7 @@
 """The Ray engine of `parallel.train_encoders`: one Ray task per encoder, on a cluster.
 
 Each task trains one TrainJob into its checkpoint folder (which must be on a file system every
-node sees) with `parallel._train_one`, exactly as the local engine does; only its seconds come
+node sees) with `jobs.train_to_folder`, exactly as the local engine does; only its seconds come
 back. Resources: `num_gpus` per task when the job trains on CUDA (a fraction packs several
 small encoders on one GPU), else `num_cpus` (torch then uses that many threads).
 
@@ -23,10 +23,10 @@ RETRY_EXCEPTIONS = [OSError]
 def _train_task(images, config: dict, folder: str, dp_epsilon, threads: int) -> float:
     import torch
 
-    from .parallel import _train_one
+    from .jobs import train_to_folder
 
     torch.set_num_threads(max(1, int(threads)))
-    return _train_one(images, config, folder, dp_epsilon)
+    return train_to_folder(images, config, folder, dp_epsilon)
 
 
 def train_on_ray(jobs: list, pending: List[int], address: Optional[str] = None, cpus_per_job: float = 1,
