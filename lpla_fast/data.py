@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 DATASETS = ("digits", "mnist5k", "synthetic", "cifar10", "cifar100", "stl10", "svhn", "imagefolder")
+# The real datasets the package ships (no --data-root, never downloaded).
+SHIPPED_DATASETS = ("digits", "mnist5k")
 
 # Where torchvision's readers look inside --data-root, for the error message.
 _EXPECTED_FILES = {

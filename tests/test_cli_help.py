@@ -13,7 +13,7 @@ from lpla_fast.attacks import ATTACKS
 from lpla_fast.attacks.base import LEVELS
 from lpla_fast.cli import SUBCOMMANDS, Choices, Lazy, build_parser, parse_args, show
 from lpla_fast.cli.experiment import DEFAULT_PRESET, build_config, fit_sizes
-from lpla_fast.data import DATASETS
+from lpla_fast.data import DATASETS, SHIPPED_DATASETS
 from lpla_fast.encoders.backbones import BACKBONES
 from lpla_fast.encoders.base import OUTPUTS
 from lpla_fast.encoders.config import FRAMEWORKS
@@ -25,6 +25,8 @@ from lpla_fast.study.settings import PRESETS
 REGISTRY = {"--dataset": DATASETS, "--backbone": BACKBONES, "--framework": FRAMEWORKS, "--frameworks": FRAMEWORKS,
             "--shadow-framework": FRAMEWORKS, "--defense-framework": FRAMEWORKS, "--attacks": ATTACKS,
             "--level": LEVELS, "--outputs": OUTPUTS, "--output": OUTPUTS, "--preset": tuple(PRESETS)}
+# Where a command lists a narrower registry under a shared flag name.
+COMMAND_REGISTRY = {("export-images", "--dataset"): SHIPPED_DATASETS}
 # The presets' values that `lpla experiment --help` shows, as ExperimentConfig attributes.
 PRESET_FIELDS = {"--references": "references", "--seeds": "seeds", "--members": "sizes.target_members",
                  "--dataset": "dataset", "--backbone": "backbone", "--ladder": "ladder", "--k": "study.k",
@@ -35,6 +37,15 @@ def subparsers():
     parser = build_parser()
     action = next(a for a in parser._actions if a.dest == "command")
     return action.choices
+
+
+# Every command the parser has: one per module of SUBCOMMANDS (export_images is `export-images`).
+COMMANDS = tuple(subparsers())
+
+
+def test_every_module_of_the_cli_is_a_command():
+    assert len(COMMANDS) == len(SUBCOMMANDS)
+    assert {c.replace("-", "_") for c in COMMANDS} == set(SUBCOMMANDS)
 
 
 def actions(command):
@@ -60,7 +71,7 @@ def named_registry(value) -> bool:
                if module_name.startswith("lpla_fast") and module is not None for name in dir(module))
 
 
-@pytest.mark.parametrize("command", SUBCOMMANDS)
+@pytest.mark.parametrize("command", COMMANDS)
 def test_every_listed_choice_is_read_from_its_registry(command, capsys):
     text = help_text(command, capsys)
     for action in actions(command):
@@ -71,12 +82,12 @@ def test_every_listed_choice_is_read_from_its_registry(command, capsys):
         names = tuple(registry)
         listed = ", ".join(map(str, names)) in text or "{" + ",".join(map(str, names)) + "}" in text
         assert listed, f"{command} {action.option_strings[0]} does not list {names}"
-        expected = REGISTRY.get(action.option_strings[0])
+        expected = COMMAND_REGISTRY.get((command, action.option_strings[0]), REGISTRY.get(action.option_strings[0]))
         if expected is not None:
             assert names == tuple(expected), (command, action.option_strings[0])
 
 
-@pytest.mark.parametrize("command", SUBCOMMANDS)
+@pytest.mark.parametrize("command", COMMANDS)
 def test_no_default_is_typed_in_a_help_string(command):
     for action in actions(command):
         raw = action.help or ""
@@ -85,7 +96,7 @@ def test_no_default_is_typed_in_a_help_string(command):
             assert not typed, f"{command} {action.option_strings[0]}: a default typed in its help: {raw!r}"
 
 
-@pytest.mark.parametrize("command", SUBCOMMANDS)
+@pytest.mark.parametrize("command", COMMANDS)
 def test_a_flag_not_given_gets_what_its_help_shows(command):
     for action in actions(command):
         if isinstance(action.default, Lazy) and not isinstance(action.default, Choices):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from . import FRAMEWORKS, OUTPUTS, POLICIES, Choices
+from . import FRAMEWORKS, OUTPUTS, POLICIES, STUDY_DEFAULT, Choices, Lazy
 
 # The engines that train the references (the scoring job's are `cli.ENGINES`).
 ENGINES = Choices("lpla_fast.encoders.parallel", "ENGINES")
@@ -69,13 +69,15 @@ def add_parser(subparsers) -> None:
     run_.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default cpu)")
     run_.add_argument("--gpus-per-reference", type=float,
                       help="with --engine ray --device cuda: GPUs per reference task, a fraction packs small encoders")
-    run_.add_argument("--workers", type=int, help="local engine: training processes (default one per core); "
-                      "Ray: CPUs per reference task (default 1)")
+    run_.add_argument("--workers", type=int, help="local engine: training processes (not given: one per core); "
+                      "Ray: CPUs per reference task (not given: one)")
     att = parser.add_argument_group("attacks")
-    att.add_argument("--K", type=int, default=8, help="views per image, view 1 the clean image (default 8)")
-    att.add_argument("--seed", type=int, default=0, help="seed of views, halves, masks and references (default 0)")
-    att.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates per interval (default 1000)")
-    att.add_argument("--exposed", type=int, default=8, help="members in each row of plots/exposed.png (default 8)")
+    att.add_argument("--K", type=int, default=Lazy(*STUDY_DEFAULT, "k"),
+                     help="views per image, view 1 the clean image (default: %(default)s)")
+    att.add_argument("--seed", type=int, default=0, help="seed of views, halves, masks and references (default: %(default)s)")
+    att.add_argument("--bootstrap", type=int, default=Lazy(*STUDY_DEFAULT, "n_bootstrap"),
+                     help="bootstrap replicates per interval (default: %(default)s)")
+    att.add_argument("--exposed", type=int, default=8, help="members in each row of plots/exposed.png (default: %(default)s)")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--no-progress", action="store_true", help="no stage lines or progress bars")
     parser.set_defaults(func=run)

@@ -25,7 +25,9 @@ import argparse
 import os
 import sys
 
-EXPORT_DATASETS = ("digits", "mnist5k")
+from . import Choices
+
+SHIPPED_DATASETS = Choices("lpla_fast.data", "SHIPPED_DATASETS")
 EXPORT_FORMATS = ("png",)
 # Folder of each split in OUT: the target's members and non-members under the names an audit uses.
 SPLIT_FOLDERS = {"target_members": "members", "target_nonmembers": "nonmembers"}
@@ -35,13 +37,14 @@ EXPORT_FILE = "export.json"
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("export-images", help="write the built-in data's splits as image folders",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", choices=EXPORT_DATASETS, default="digits", help="built-in dataset (default digits)")
+    p.add_argument("--dataset", choices=SHIPPED_DATASETS, metavar="NAME", default="digits",
+                   help="a dataset the package ships: %(choices)s (default: %(default)s)")
     splits = p.add_mutually_exclusive_group()
     splits.add_argument("--splits", help="splits.json written by `lpla train` or `lpla experiment`")
-    splits.add_argument("--seed", type=int, default=None,
-                        help="draw the splits `lpla train --split-seed SEED` draws (default 0)")
+    splits.add_argument("--seed", type=int, default=0,
+                        help="draw the splits `lpla train --split-seed SEED` draws (default: %(default)s)")
     p.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
-    p.add_argument("--format", choices=EXPORT_FORMATS, default="png", help="image file format (default png)")
+    p.add_argument("--format", choices=EXPORT_FORMATS, default="png", help="image file format (default: %(default)s)")
     p.add_argument("--image-size", type=int, default=None, help="image side (default: the dataset's own)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -75,8 +78,8 @@ def export_images(dataset: str, out: str, splits=None, seed=None, image_size=Non
     from ..fileio import write_json
     from ..splits import SPLIT_NAMES, Splits, SplitSizes, make_splits
 
-    if dataset not in EXPORT_DATASETS:
-        raise ValueError(f"--dataset must be one of {', '.join(EXPORT_DATASETS)}, got {dataset!r}")
+    if dataset not in SHIPPED_DATASETS:
+        raise ValueError(f"--dataset must be one of {', '.join(SHIPPED_DATASETS)}, got {dataset!r}")
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
         raise ValueError(f"--out {out!r} exists and is not an empty folder; give a new or empty one")
     data = load_dataset(dataset, image_size=image_size)
