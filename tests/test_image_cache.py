@@ -221,3 +221,20 @@ def test_a_train_job_carries_cache_rows_not_pixels_and_trains_the_same_in_worker
             assert_same_weights(encoder, expected)
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads RssFile from /proc")
+def test_rows_read_from_the_cache_do_not_stay_resident(tmp_path):
+    import re
+
+    from lpla_fast.encoders.pixels import float_batch
+
+    def resident_file_mb():
+        return int(re.search(r"RssFile:\s+(\d+)", open("/proc/self/status").read()).group(1)) / 1024
+
+    np.save(tmp_path / "images.npy", np.ones((1600, 3, 64, 64), np.uint8))  # 19.7 MB
+    memmap = np.load(tmp_path / "images.npy", mmap_mode="r")
+    before = resident_file_mb()
+    for start in range(0, 1600, 200):
+        float_batch(memmap, np.arange(1600)[::-1], slice(start, start + 200))
+    assert resident_file_mb() - before < 5

@@ -76,7 +76,7 @@ def expected_scores(arrays, names, calib=None, dtype=None):
 def test_scores_every_row_once_with_the_fused_op(tmp_path, calib_path):
     arrays = make_npy_shards(tmp_path / "emb")
     summary, out = run(tmp_path, calib_path, str(tmp_path / "emb" / "*.npy"))
-    assert summary == {"rows": 600, "parts": 12, "bad_shards": {}, "complete": True}
+    assert summary == {"rows": 600, "parts": 12, "bad_shards": {}, "skipped_images": [], "complete": True}
     table = read_scores(out)
     rows, scores = expected_scores(arrays, [f"shard-{i:02d}.npy" for i in range(3)])
     assert locations(table) == rows and "id" not in table.column_names  # these shards have no ids

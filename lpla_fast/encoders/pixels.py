@@ -12,6 +12,7 @@ the memory-mapped file instead of carrying pixels.
 
 from __future__ import annotations
 
+import mmap
 import os
 from dataclasses import dataclass
 from typing import Optional, Tuple, Union
@@ -92,4 +93,17 @@ def float_batch(images, rows: Optional[np.ndarray], index) -> Tensor:
         batch = images[np.asarray(picked)] if isinstance(images, np.ndarray) else images[torch.as_tensor(picked)]
     if isinstance(batch, np.ndarray):
         batch = torch.from_numpy(np.array(batch))  # a copy: a memory map is read-only
+        release_pages(images)
     return batch.float().div_(255.0)
+
+
+def release_pages(array: np.ndarray) -> None:
+    """Unmap the pages of a memory-mapped array from this process (they stay in the OS page
+    cache, and a later read maps them back). Every row read through a memory map would
+    otherwise count in the process's resident memory until the OS reclaims it, which grows
+    with the number of images a training run or a query reads."""
+    base = array
+    while isinstance(base, np.ndarray):
+        base = base.base
+    if isinstance(base, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
+        base.madvise(mmap.MADV_DONTNEED)

@@ -50,7 +50,8 @@ def train_encoder(images: Images, config: TrainConfig | None = None, checkpoint_
     """
     config = config or TrainConfig()
     images, rows = resolve_images(images, rows)
-    if isinstance(images, Tensor) and images.is_floating_point():
+    floats = isinstance(images, Tensor) and images.is_floating_point()
+    if floats:
         _check_images(images, config)
     else:
         _check_pixels(images, rows, config)
@@ -66,7 +67,7 @@ def train_encoder(images: Images, config: TrainConfig | None = None, checkpoint_
     generator = torch.Generator(device=device).manual_seed(config.seed)
     start_epoch = _resume(encoder, optimizer, generator, checkpoint_dir, config)
 
-    if isinstance(images, Tensor) and images.is_floating_point():
+    if floats:
         images = images.to(device)  # uint8 images stay where they are: read per batch
     n = image_count(images, rows)
     batches_per_epoch = _batch_count(n, config.batch_size)
