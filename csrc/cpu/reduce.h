@@ -38,31 +38,47 @@ inline double sum_terms(const T* x, int64_t n, Term term) {
 constexpr int kFloatBlocksPerFlush = 16;
 
 // sum_i term(x_i), term applied in float (f32x8 -> f32x8); the caller checks that the
-// float terms did not overflow or underflow.
+// float terms did not overflow or underflow. Two blocks per step into four accumulators: each
+// accumulator's chain of 4-cycle adds bounds the loop, and with two (one block per step) a
+// 1 KiB fp32 row took 64 cycles of adds alone (measured in L2, one thread: 35 GB/s for p = 2
+// against 43 for torch's vector_norm; too slow to hide under two threads' memory reads).
 template <class T, class Term>
 inline double sum_float_terms(const T* x, int64_t n, Term term) {
   f64x4 d0{}, d1{}, d2{}, d3{};
-  f32x8 f0{}, f1{};
+  f32x8 f0{}, f1{}, f2{}, f3{};
+  auto flush = [&] {
+    f0 += f2;
+    f1 += f3;
+    d0 += widen_low(f0);
+    d1 += widen_high(f0);
+    d2 += widen_low(f1);
+    d3 += widen_high(f1);
+    f0 = f1 = f2 = f3 = f32x8{};
+  };
+  int64_t i = 0;
   int pending = 0;
-  for_each_block(x, n, [&](const T* b) {
+  for (; i + 2 * kBlock <= n; i += 2 * kBlock) {
+    prefetch_line_ahead(x + i);
+    prefetch_line_ahead(x + i + kBlock);
+    f32x8 lo, hi;
+    load16(x + i, lo, hi);
+    f0 += term(lo);
+    f1 += term(hi);
+    load16(x + i + kBlock, lo, hi);
+    f2 += term(lo);
+    f3 += term(hi);
+    if (++pending == kFloatBlocksPerFlush / 2) {
+      flush();
+      pending = 0;
+    }
+  }
+  for_each_block(x + i, n - i, [&](const T* b) {  // the last block or two (zero-padded)
     f32x8 lo, hi;
     load16(b, lo, hi);
     f0 += term(lo);
     f1 += term(hi);
-    if (++pending == kFloatBlocksPerFlush) {
-      d0 += widen_low(f0);
-      d1 += widen_high(f0);
-      d2 += widen_low(f1);
-      d3 += widen_high(f1);
-      f0 = f32x8{};
-      f1 = f32x8{};
-      pending = 0;
-    }
   });
-  d0 += widen_low(f0);
-  d1 += widen_high(f0);
-  d2 += widen_low(f1);
-  d3 += widen_high(f1);
+  flush();
   return hsum((d0 + d1) + (d2 + d3));
 }
 

@@ -138,6 +138,16 @@ inline f32x8 vmax(f32x8 a, f32x8 b) {
 #endif
 }
 
+// a * b + c, fused where the build has FMA (the compiler's ISO mode does not contract
+// a * b + c by itself).
+inline f32x8 fmadd(f32x8 a, f32x8 b, f32x8 c) {
+#if defined(LPLA_X86_AVX2)
+  return (f32x8)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c);
+#else
+  return a * b + c;
+#endif
+}
+
 inline f32x8 vsqrt(f32x8 v) {
 #if defined(LPLA_X86_AVX2)
   return (f32x8)_mm256_sqrt_ps((__m256)v);

@@ -112,8 +112,8 @@ inline void gram_tile(const float* views, int64_t Dp, int64_t i, int64_t j, int6
       const f32x8 x0 = load8(a0 + d), x1 = load8(a1 + d);
       for (int c = 0; c < 4; ++c) {
         const f32x8 y = load8(b[c] + d);
-        acc[0][c] += x0 * y;
-        acc[1][c] += x1 * y;
+        acc[0][c] = fmadd(x0, y, acc[0][c]);
+        acc[1][c] = fmadd(x1, y, acc[1][c]);
       }
     }
     for (int r = 0; r < 2; ++r)
