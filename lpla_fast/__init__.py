@@ -18,6 +18,7 @@ except ImportError as exc:  # pragma: no cover - exercised only on a broken inst
 
 from . import ops  # noqa: E402,F401  (registers the fake kernels)
 from .ops import (  # noqa: E402
+    cpu_capability,
     lp_norm,
     lpla_score,
     pooled_lp_norm,
@@ -34,6 +35,7 @@ __all__ = [
     "pooled_lpla_score",
     "view_cosine",
     "view_norm_stats",
+    "cpu_capability",
     "built_with_cuda",
     "__version__",
 ]

@@ -7,14 +7,16 @@ NaN / Inf policy: a row containing NaN gets a NaN norm; a row with an infinite v
 no NaN) gets an infinite norm. A view whose statistic is not finite (NaN, Inf, or log 0)
 gives a NaN score to its own sample. No row ever affects another row's result.
 
-The CPU kernels are compiled twice, for any x86-64 CPU and for AVX2 + FMA + F16C, and the
-best build the CPU supports runs; LPLA_CPU_ISA=baseline forces the portable one.
+The CPU kernels are compiled three times, for any x86-64 CPU ("baseline"), for AVX2 + FMA +
+F16C ("avx2") and for AVX-512 F/BW/DQ/VL ("avx512"), and the best build the CPU supports runs;
+the environment variable LPLA_CPU_CAPABILITY (read at the first op call) names another one.
+`cpu_capability()` says which runs.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -32,6 +34,25 @@ def check_p(p) -> float:
     if math.isnan(p) or p <= 0:
         raise ValueError(f"p must be in (0, inf], got p={p}")
     return p
+
+
+def cpu_capability() -> str:
+    """The build of the CPU kernels that runs: "avx512", "avx2" or "baseline"."""
+    return _ops.cpu_capability()
+
+
+def supported_cpu_capabilities() -> List[str]:
+    """The builds of the CPU kernels this CPU can run, from "baseline" up."""
+    return list(_ops.supported_cpu_capabilities())
+
+
+def _set_cpu_capability(name: str) -> str:
+    """Runs the CPU kernels built for `name` from now on, in the whole process; returns the
+    previous one. For tests and benchmarks that compare the builds (a RuntimeError names a
+    build this CPU cannot run)."""
+    previous = cpu_capability()
+    _ops._set_cpu_capability(name)
+    return previous
 
 
 def lp_norm(x: Tensor, p: float = 2.0) -> Tensor:

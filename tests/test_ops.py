@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -13,6 +16,9 @@ from hypothesis import strategies as st
 import lpla_fast
 from lpla_fast import reference
 from lpla_fast.testing import FLOAT_DTYPES, LAYOUTS, random_fmap, random_rows, random_views
+
+# Every test of the compiled ops runs each build of the CPU kernels this CPU supports.
+pytestmark = pytest.mark.usefixtures("cpu_capability")
 
 DEVICES = [
     "cpu",
@@ -136,26 +142,29 @@ def test_lp_norm_hypothesis(n, d, p, dtype, scale, seed):
     assert_close(lpla_fast.lp_norm(x, p), reference.lp_norm(x, p), dtype)
 
 
-@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
-def test_baseline_cpu_build_agrees(monkeypatch, dtype):
-    """The portable (non-AVX2) build of the CPU kernels gives the same results."""
-    x = random_rows(5, 123, dtype, seed=6)
-    views = random_views(4, 3, 37, dtype, seed=6)
-    fmap = random_fmap(2, 19, 3, 5, dtype, channels_last=True, seed=6)
 
-    def run_all():
-        out = [lpla_fast.lp_norm(x, p) for p in P_VALUES]
-        out += list(lpla_fast.pooled_lp_norm(fmap, 3.0)) + list(lpla_fast.pooled_lp_norm(fmap.contiguous(), 1.5))
-        out += list(lpla_fast.lpla_score(views, 2.5, 1.0, 0.5, 1.5, 0.7)) + [lpla_fast.view_cosine(views)]
-        return out
+# --- the builds of the CPU kernels ---------------------------------------------------------------
 
-    fast = run_all()
-    monkeypatch.setenv("LPLA_CPU_ISA", "baseline")
-    for got, want in zip(run_all(), fast):
-        assert_close(got, want, dtype)
-    for p, got in zip(P_VALUES, run_all()):
-        assert_close(got, reference.lp_norm(x, p), dtype)
 
+def test_cpu_capability_names_the_build_that_runs(cpu_capability):
+    assert lpla_fast.cpu_capability() == cpu_capability
+    assert lpla_fast.ops.supported_cpu_capabilities()[0] == "baseline"
+
+
+def test_cpu_capability_default_and_override(cpu_capability):
+    """A new process runs the best build by default, and the one LPLA_CPU_CAPABILITY names."""
+    env = {k: v for k, v in os.environ.items() if k != "LPLA_CPU_CAPABILITY"}
+    if cpu_capability != lpla_fast.ops.supported_cpu_capabilities()[-1]:
+        env["LPLA_CPU_CAPABILITY"] = cpu_capability
+    code = "import torch, lpla_fast; lpla_fast.lp_norm(torch.ones(2, 3)); print(lpla_fast.cpu_capability())"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == cpu_capability
+
+
+def test_unknown_cpu_capability_is_refused(cpu_capability):
+    with pytest.raises(RuntimeError, match="'sse' is not a CPU capability"):
+        lpla_fast.ops._set_cpu_capability("sse")
+    assert lpla_fast.cpu_capability() == cpu_capability
 
 # --- pooled_lp_norm ------------------------------------------------------------------------------
 

@@ -15,6 +15,9 @@ import lpla_fast
 from lpla_fast import reference
 from lpla_fast.testing import FLOAT_DTYPES, random_fmap, random_views
 
+# Every test of the compiled ops runs each build of the CPU kernels this CPU supports.
+pytestmark = pytest.mark.usefixtures("cpu_capability")
+
 DEVICES = [
     "cpu",
     pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")),
@@ -217,22 +220,6 @@ def test_pooled_lpla_score_nan_view_gives_nan_to_its_sample_only(device):
         assert math.isnan(scores[1]) and math.isnan(norms[1, 1]) and not math.isnan(norms[1, 0])
         assert math.isnan(scores[2]) == log_space
         assert not math.isnan(scores[0])
-
-
-@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
-def test_baseline_cpu_build_agrees(monkeypatch, dtype):
-    """The portable (non-AVX2) build of the CPU kernels gives the same results."""
-    views = random_views(5, 9, 37, dtype, seed=36)
-    fmap = random_fmap(6, 19, 3, 5, dtype, channels_last=True, seed=36)
-
-    def run_all():
-        out = [*lpla_fast.view_norm_stats(views, 2.5, True), *lpla_fast.view_norm_stats(views[:, :, ::2], 2.0)]
-        return out + list(lpla_fast.pooled_lpla_score(fmap, 3, 1.5, **LOG_CALIBRATION, log_space=True))
-
-    fast = run_all()
-    monkeypatch.setenv("LPLA_CPU_ISA", "baseline")
-    for got, want in zip(run_all(), fast):
-        assert_close(got, want, dtype, atol=1e-6)
 
 
 # --- pooled_lp_norm autograd --------------------------------------------------------------------------

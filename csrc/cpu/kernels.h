@@ -1,8 +1,9 @@
 // Entry points of the CPU kernels, compiled once per instruction set.
 //
-// kernels_impl.h holds the kernels; kernels_baseline.cpp compiles it for any x86-64 CPU
-// and kernels_avx2.cpp for AVX2 + FMA + F16C. ops_cpu.cpp checks the arguments and picks
-// the build that the running CPU supports.
+// kernels_impl.h holds the kernels; kernels_baseline.cpp compiles it for any x86-64 CPU,
+// kernels_avx2.cpp for AVX2 + FMA + F16C and kernels_avx512.cpp for AVX-512 (F, BW, DQ, VL)
+// on top of those. ops_cpu.cpp checks the arguments and picks the build that the running CPU
+// supports (or the one LPLA_CPU_CAPABILITY names).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -28,6 +29,7 @@ namespace lpla_fast {
 
 LPLA_DECLARE_CPU_KERNELS(cpu_baseline)
 LPLA_DECLARE_CPU_KERNELS(cpu_avx2)
+LPLA_DECLARE_CPU_KERNELS(cpu_avx512)
 
 #undef LPLA_DECLARE_CPU_KERNELS
 
