@@ -159,6 +159,7 @@ def test_a_joint_calibration_scores_like_the_attack_and_refuses_another_budget(t
     attack.calibration_.save(tmp_path / "c.json")
     saved = json.loads((tmp_path / "c.json").read_text())
     assert saved["version"] == VERSION == 3 and saved["characteristic"] == "joint"
+    assert saved["meta"]["columns"] == attack.columns_ and len(saved["ref_center"]) == len(attack.columns_)
     loaded = LpLACalibration.load(tmp_path / "c.json")
     norms, scores = loaded.score(members)
     assert norms.shape == (300, k)

@@ -339,7 +339,8 @@ class LpLA(Attack):
             dim=self.dim_, characteristic=self._char,
             gaussians={k: gaussian.to_list(v) for k, v in self.gaussians_.items()},
             ref_center=tuple(float(x) for x in center), ref_scale=tuple(float(x) for x in scale),
-            meta={"attack": self.name, "knowledge": self.mode_, "standardized": self.standardize},
+            meta={"attack": self.name, "knowledge": self.mode_, "standardized": self.standardize,
+                  "columns": self.columns_},
         )
 
     def _fit_threshold(self, t_in, t_out) -> None:
