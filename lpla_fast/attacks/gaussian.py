@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from sklearn.covariance import ledoit_wolf
 
 
 def covariance(residuals: np.ndarray, dof: float, min_std: float, diagonal: bool) -> np.ndarray:
@@ -31,8 +32,6 @@ def fit(values: np.ndarray, min_std: float, diagonal: bool = False, shrink: bool
     mean = values.mean(axis=0)
     if not shrink or values.shape[0] < 2:
         return mean, covariance(values - mean, values.shape[0] - 1, min_std, diagonal)
-    from sklearn.covariance import ledoit_wolf
-
     cov, _ = ledoit_wolf(values)
     return mean, cov + (min_std ** 2) * np.eye(values.shape[1])
 
@@ -45,8 +44,6 @@ def fit_shared(groups, min_std: float):
     groups = [np.asarray(g, np.float64) for g in groups]
     means = [g.mean(axis=0) for g in groups]
     residuals = np.concatenate([g - m for g, m in zip(groups, means)])
-    from sklearn.covariance import ledoit_wolf
-
     cov, _ = ledoit_wolf(residuals, assume_centered=True)
     return means, cov + (min_std ** 2) * np.eye(residuals.shape[1])
 
