@@ -39,7 +39,8 @@ def world(k, signal, n=N, level="shadow", seed=0):
                                       shadow_reference=views(False, 3), target_reference=views(False, 4, 3.0))
     elif level == "audit":
         knowledge = AttackerKnowledge(level="audit", calibration_members=views(True, 1, 3.0),
-                                      calibration_nonmembers=views(False, 2, 3.0), target_reference=views(False, 4, 3.0))
+                                      calibration_nonmembers=views(False, 2, 3.0),
+                                      target_reference=views(False, 4, 3.0))
     else:
         knowledge = AttackerKnowledge(level="reference", target_reference=views(False, 4, 3.0))
     return knowledge, views(True, 5, 3.0), views(False, 6, 3.0)

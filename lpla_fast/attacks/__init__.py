@@ -50,6 +50,6 @@ def attack_from_dict(d: dict) -> Attack:
 
 
 __all__ = ["Attack", "AttackerKnowledge", "ATTACKS", "REFERENCE_ATTACKS", "REFERENCE_LEVEL", "attack_class",
-           "make_attack", "attack_from_dict", "LpLA", "CHARACTERISTICS", "CHOOSERS", "NormThreshold", "EncoderMIThreshold",
-           "EncoderMIVector", "EncoderMISet", "KNNAttack", "LiRA", "RMIA", "ReferenceKnowledge",
+           "make_attack", "attack_from_dict", "LpLA", "CHARACTERISTICS", "CHOOSERS", "NormThreshold",
+           "EncoderMIThreshold", "EncoderMIVector", "EncoderMISet", "KNNAttack", "LiRA", "RMIA", "ReferenceKnowledge",
            "draw_reference_masks", "STATISTICS", "view_norm_stats"]
