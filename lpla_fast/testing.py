@@ -6,6 +6,7 @@ benchmark of the same case look at the same kind of data.
 
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -45,6 +46,33 @@ def random_views(n: int, k: int, d: int, dtype=torch.float32, device="cpu", scal
     centre = torch.randn(n, 1, d, generator=g)
     views = scale * (centre + 0.3 * torch.randn(n, k, d, generator=g))
     return _to(views, dtype, device)
+
+
+def membership_views(member, k: int, d: int = 16, level_shift: float = 0.0, level_spread: float = 0.0,
+                     view_sigma: float = 0.5, angle_in: float = 0.0, angle_out: float = 0.0, scale: float = 1.0,
+                     seed: int = 0) -> Tensor:
+    """(n, k, d) float64 view embeddings whose membership signal is known, for the attacks' tests.
+
+    Norms: log ||z_ik||_2 = b_i + level_shift * member_i + view_sigma * e_ik + log(scale), with
+    a per-sample level b_i ~ N(0, level_spread^2) and e_ik ~ N(0, 1). Directions: view k of
+    sample i points along c_i + a_i * n_ik (c_i, n_ik standard normal in R^d, normalized), with
+    angular noise a_i = angle_in for members and angle_out for non-members; 0 for both draws
+    every view's direction at random (independent views, no agreement signal). So
+    level_shift moves only the norm level (the Bayes-optimal score is then the mean view
+    log-norm, AUC Phi(level_shift / sqrt(2 (level_spread^2 + view_sigma^2 / k)))), and
+    angle_in != angle_out moves only the views' agreement.
+    """
+    g = _generator(seed)
+    member = torch.as_tensor(member, dtype=torch.bool)
+    n = member.numel()
+    m = member.to(torch.float64)[:, None]
+    log_norm = (level_spread * torch.randn(n, 1, generator=g, dtype=torch.float64) + level_shift * m
+                + view_sigma * torch.randn(n, k, generator=g, dtype=torch.float64) + math.log(scale))
+    noise = torch.randn(n, k, d, generator=g, dtype=torch.float64)
+    if angle_in or angle_out:
+        angle = torch.where(member, torch.tensor(float(angle_in)), torch.tensor(float(angle_out))).double()
+        noise = torch.randn(n, 1, d, generator=g, dtype=torch.float64) + angle[:, None, None] * noise
+    return noise / noise.norm(dim=-1, keepdim=True) * torch.exp(log_norm)[..., None]
 
 
 def random_fmap(n: int, c: int, h: int, w: int, dtype=torch.float32, device="cpu", channels_last: bool = False, seed: int = 0) -> Tensor:

@@ -305,7 +305,7 @@ def test_first_views_cuts_every_array_to_the_query_budget():
     assert cut.target_training is None and cut.level == "shadow"
 
 
-@pytest.mark.parametrize("characteristic", ["mean_spread", "resultant", "multi_p"])
+@pytest.mark.parametrize("characteristic", ["mean_spread", "resultant", "multi_p", "joint"])
 def test_a_saved_calibration_of_any_characteristic_scores_like_the_attack(tmp_path, characteristic):
     from lpla_fast.attacks.calibration import LpLACalibration
 

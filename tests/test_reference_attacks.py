@@ -317,7 +317,7 @@ def test_lpla_characteristics_match_an_independent_gaussian_computation(characte
     assert 0.03 < reference_only.predict(target_ref).mean() < 0.2
 
 
-@pytest.mark.parametrize("characteristic", ["view", "mean_spread", "resultant", "multi_p"])
+@pytest.mark.parametrize("characteristic", ["view", "mean_spread", "resultant", "multi_p", "joint", "auto", "budget"])
 def test_lpla_characteristics_find_the_signal_when_levels_do_not_hide_it(characteristic):
     w = World(n=600, m=400, k=4, level_spread=0.1)  # norms shift by DELTA, views agree more
     knowledge = w.knowledge(R=2)

@@ -86,7 +86,7 @@ def test_scores_every_row_once_with_the_fused_op(tmp_path, calib_path):
     assert manifest["complete"] and all(e["status"] == "done" for e in manifest["shards"].values())
 
 
-@pytest.mark.parametrize("characteristic", ["resultant", "multi_p"])
+@pytest.mark.parametrize("characteristic", ["resultant", "multi_p", "joint"])
 def test_a_calibration_of_another_characteristic_scores_every_row(tmp_path, characteristic):
     from lpla_fast.attacks import AttackerKnowledge, LpLA
 

@@ -15,7 +15,7 @@ from .base import AttackerKnowledge, Attack
 from .encodermi import EncoderMISet, EncoderMIThreshold, EncoderMIVector
 from .knn import KNNAttack
 from .lira import LiRA
-from .lpla import CHARACTERISTICS, LpLA
+from .lpla import CHARACTERISTICS, CHOOSERS, LpLA
 from .norm import NormThreshold
 from .references import LEVEL as REFERENCE_LEVEL
 from .references import ReferenceKnowledge, draw_reference_masks
@@ -50,6 +50,6 @@ def attack_from_dict(d: dict) -> Attack:
 
 
 __all__ = ["Attack", "AttackerKnowledge", "ATTACKS", "REFERENCE_ATTACKS", "REFERENCE_LEVEL", "attack_class",
-           "make_attack", "attack_from_dict", "LpLA", "CHARACTERISTICS", "NormThreshold", "EncoderMIThreshold",
-           "EncoderMIVector", "EncoderMISet", "KNNAttack", "LiRA", "RMIA", "ReferenceKnowledge",
+           "make_attack", "attack_from_dict", "LpLA", "CHARACTERISTICS", "CHOOSERS", "NormThreshold",
+           "EncoderMIThreshold", "EncoderMIVector", "EncoderMISet", "KNNAttack", "LiRA", "RMIA", "ReferenceKnowledge",
            "draw_reference_masks", "STATISTICS", "view_norm_stats"]

@@ -15,11 +15,13 @@ sum_k of the per-view log-likelihood ratio) or "mean" (the log-likelihood ratio 
 view-mean statistic, whose Gaussians were fitted on view means; the op still computes
 the norms in its one pass, and the ratio of their mean is taken here).
 
-`characteristic` other than "view" ("mean_spread", "resultant", "multi_p": see
+`characteristic` other than "view" ("mean_spread", "resultant", "multi_p", "joint": see
 `lpla_fast.attacks.lpla`) models a per-sample vector with full-covariance Gaussians,
 stored in `gaussians` in standardized units, with the target's reference moments per
 coordinate in `ref_center` / `ref_scale`; the scalar fields then describe nothing and
-keep their neutral values. Version 2 added these fields (version 1 files still load).
+keep their neutral values. Version 2 added these fields, version 3 the "joint"
+characteristic (whose vector has more values with K >= 2 views than with one:
+`statistics.characteristic_columns`); files of versions 1 and 2 still load and score as before.
 """
 
 from __future__ import annotations
@@ -41,10 +43,10 @@ from . import gaussian
 from .statistics import norm_characteristic
 
 SCHEMA = "lpla_fast.lpla_calibration"
-VERSION = 2
-READABLE_VERSIONS = (1, 2)
+VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 AGGREGATIONS = ("sum", "mean")
-CHARACTERISTICS = ("view", "mean_spread", "resultant", "multi_p")
+CHARACTERISTICS = ("view", "mean_spread", "resultant", "multi_p", "joint")
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,11 @@ class LpLACalibration:
 
     def _score_vector(self, views: Tensor) -> Tuple[Tensor, Tensor]:
         values = norm_characteristic(views, self.characteristic, self.p, self.log_space)
+        size = len(self.ref_center)
+        if values.shape[1] != size:
+            raise ValueError(f"the calibration's {self.characteristic!r} characteristic has {size} values per sample, "
+                             f"but views with K={views.shape[1]} give {values.shape[1]}: score with the query "
+                             f"budget it was fitted at (K >= 2 or K = 1)")
         t = (values - np.asarray(self.ref_center)) / np.asarray(self.ref_scale)
         g = {k: np.asarray(v, np.float64) for k, v in self.gaussians.items()}
         scores = gaussian.log_ratio(t, g["mean_in"], g["cov_in"], g["mean_out"], g["cov_out"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from sklearn.covariance import ledoit_wolf
 
 
 def covariance(residuals: np.ndarray, dof: float, min_std: float, diagonal: bool) -> np.ndarray:
@@ -22,11 +23,29 @@ def covariance(residuals: np.ndarray, dof: float, min_std: float, diagonal: bool
     return cov + (min_std ** 2) * np.eye(v)
 
 
-def fit(values: np.ndarray, min_std: float, diagonal: bool = False):
-    """(mean (V,), covariance (V, V)) of values (n, V), ddof=1."""
+def fit(values: np.ndarray, min_std: float, diagonal: bool = False, shrink: bool = False):
+    """(mean (V,), covariance (V, V)) of values (n, V), ddof=1; with shrink, the Ledoit-Wolf
+    covariance instead (shrunk towards a multiple of the identity by the amount its formula
+    estimates, large when n is small against V, vanishing as n grows; values should share a
+    scale, as standardized coordinates do)."""
     values = np.asarray(values, np.float64)
     mean = values.mean(axis=0)
-    return mean, covariance(values - mean, values.shape[0] - 1, min_std, diagonal)
+    if not shrink or values.shape[0] < 2:
+        return mean, covariance(values - mean, values.shape[0] - 1, min_std, diagonal)
+    cov, _ = ledoit_wolf(values)
+    return mean, cov + (min_std ** 2) * np.eye(values.shape[1])
+
+
+def fit_shared(groups, min_std: float):
+    """([mean (V,) of each group], one covariance (V, V)) of groups of values (n_g, V): the
+    Ledoit-Wolf covariance of every group's residuals around its own mean, pooled (so a
+    log-ratio between groups is linear in x: a linear discriminant, which needs far fewer
+    samples than one covariance per group)."""
+    groups = [np.asarray(g, np.float64) for g in groups]
+    means = [g.mean(axis=0) for g in groups]
+    residuals = np.concatenate([g - m for g, m in zip(groups, means)])
+    cov, _ = ledoit_wolf(residuals, assume_centered=True)
+    return means, cov + (min_std ** 2) * np.eye(residuals.shape[1])
 
 
 def logpdf(x: np.ndarray, mean: np.ndarray, cov: np.ndarray) -> np.ndarray:

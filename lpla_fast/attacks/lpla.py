@@ -28,12 +28,18 @@ own definition, and every choice is a parameter:
   samples, multivariate with a full covariance, score log N_in(c) - log N_out(c):
   "mean_spread" (mean and std of the K view statistics, jointly: the views share one norm
   level, so they are not independent draws), "resultant" (||mean_k z_k||_p / mean_k
-  ||z_k||_p, 1 when the views agree) and "multi_p" (the mean view statistic at p = 1, 2,
-  inf). Each coordinate is standardized by the encoder's reference non-members; with
-  reference-only knowledge the score is the two-sided Mahalanobis distance from them.
+  ||z_k||_p, 1 when the views agree), "multi_p" (the mean view statistic at p = 1, 2,
+  inf) and "joint" (all of them that exist at the query budget in one vector: the level,
+  with K >= 2 its spread and the resultant length, and the level at the other p). Each
+  coordinate is standardized by the encoder's reference non-members; with reference-only
+  knowledge the score is the two-sided Mahalanobis distance from them. "joint" has one
+  Ledoit-Wolf-shrunk covariance shared by both classes, so its score is linear in the
+  vector (a linear discriminant: the attacker's data weighs each characteristic, `weights_`);
+  the others keep one covariance per class.
   `aggregation` applies to "view" only; KDE to one-dimensional characteristics only.
-  "auto" (the default) picks by the fitted knowledge's query budget (AUTO_CHOICE): the
-  resultant length with K >= 2 views, the vector over p with one view.
+  "auto" (the default) is "joint"; "select" picks the characteristic by cross-validation on
+  the attacker's labelled data; "budget" is the earlier default, fixed by our own study
+  (see CHOOSERS below; README: What is the paper's and what is ours).
 - Per-sample calibration against reference encoders (LiRA, RMIA) is in `lira` / `rmia`.
 """
 
@@ -52,17 +58,25 @@ from .calibration import AGGREGATIONS, CHARACTERISTICS, LpLACalibration  # noqa:
 from . import gaussian
 from .base import LEVELS, Attack, AttackerKnowledge, best_threshold
 from .statistics import STATISTICS as SAMPLE_STATISTICS
-from .statistics import norm_characteristic
+from .statistics import characteristic_columns, norm_characteristic
 
 STATISTICS = ("log", "norm")
 DENSITIES = ("gaussian", "kde")
 MODES = ("auto",) + LEVELS
-# characteristic="auto" (the default) picks by the query budget of the knowledge it is fitted
-# on, the winners of the default study's ablation (README: Results of the default run):
-# with K >= 2 views the resultant length, with one view the vector over p (the only
-# characteristics that work with one view are "view" and "multi_p").
-AUTO = "auto"
-AUTO_CHOICE = {"several_views": "resultant", "one_view": "multi_p"}
+# Names that resolve to one of CHARACTERISTICS at fit time (the fitted attack's chosen_):
+# "auto" (the default): "joint", every characteristic that exists at the query budget in one
+#     likelihood, its weights learned from the attacker's own data ("view" with density="kde",
+#     which is one-dimensional). Until this release "auto" meant what "budget" means now.
+# "select": the characteristic with the best held-out AUC in stratified CV_FOLDS-fold
+#     cross-validation on the attacker's labelled members and non-members ("joint" with
+#     reference-only knowledge, which holds no labels to choose by).
+# "budget": the earlier default, fixed by our own study's ablation: the resultant length with
+#     K >= 2 views, the vector over p with one view (BUDGET_CHOICE).
+AUTO, SELECT, BUDGET = "auto", "select", "budget"
+CHOOSERS = (AUTO, SELECT, BUDGET)
+BUDGET_CHOICE = {"several_views": "resultant", "one_view": "multi_p"}
+CV_FOLDS = 5
+ONE_DIMENSIONAL = ("view", "resultant")  # what density="kde" can model
 
 
 def _check_choice(name, value, allowed):
@@ -109,15 +123,20 @@ class LpLA(Attack):
         reference_fpr: with reference-only knowledge, `threshold_` flags this fraction of
             the reference non-members.
         min_std: floor of fitted standard deviations.
-        characteristic: "auto" (default), "view", "mean_spread", "resultant" or "multi_p" (module docstring).
+        characteristic: one of CHARACTERISTICS ("view", "mean_spread", "resultant", "multi_p",
+            "joint") or of CHOOSERS ("auto", the default, = "joint"; "select"; "budget"): see
+            the module docstring.
         max_kde_points: KDE support size (a seeded subsample beyond it).
         seed: seed of that subsample.
 
-    Fitted: characteristic_ (the characteristic in use, "auto" resolved), calibration_ (the
-    LpLACalibration `lpla score` applies, for every characteristic
-    with density="gaussian"; None with KDE), gaussians_ (the in / out means and covariances
-    of the vector characteristics), mode_, dim_, threshold_, reference_moments_, kde_in_ /
-    kde_out_ (KDE support points, standardized units).
+    Fitted: chosen_ (the characteristic modelled, a chooser resolved), columns_ (the names of
+    its values, `statistics.characteristic_columns`), selection_ ("select": the held-out AUC of
+    every candidate; else None), weights_ ("joint" with labelled knowledge: {column: weight}
+    of the linear score in standardized units; else None), calibration_ (the LpLACalibration
+    `lpla score` applies, for every characteristic with density="gaussian"; None with KDE),
+    gaussians_ (the in / out means and covariances of the vector characteristics), mode_,
+    dim_, threshold_, reference_moments_, kde_in_ / kde_out_ (KDE support points,
+    standardized units). to_dict() saves all of them.
     """
 
     name = "lpla"
@@ -134,8 +153,8 @@ class LpLA(Attack):
         _check_choice("density", density, DENSITIES)
         _check_choice("aggregation", aggregation, AGGREGATIONS)
         _check_choice("knowledge", knowledge, MODES)
-        _check_choice("characteristic", characteristic, CHARACTERISTICS + (AUTO,))
-        if density == "kde" and characteristic in ("mean_spread", "multi_p"):
+        _check_choice("characteristic", characteristic, CHARACTERISTICS + CHOOSERS)
+        if density == "kde" and characteristic not in ONE_DIMENSIONAL + CHOOSERS:
             raise ValueError(f"density='kde' is one-dimensional; characteristic {characteristic!r} is a vector")
         if not reference_spread > 1:
             raise ValueError(f"reference_spread must be > 1, got {reference_spread}")
@@ -153,23 +172,72 @@ class LpLA(Attack):
         self.max_kde_points = int(max_kde_points)
         self.seed = int(seed)
         self.characteristic = characteristic
-        self.min_views = 1 if characteristic in ("view", AUTO) else SAMPLE_STATISTICS[characteristic].min_views
+        self.min_views = 1 if characteristic in ("view", "joint") + CHOOSERS else \
+            SAMPLE_STATISTICS[characteristic].min_views
 
     # --- fitting ------------------------------------------------------------------
     @property
     def _char(self) -> str:
-        """The characteristic in use: the fitted choice of "auto", else the one asked for."""
-        return getattr(self, "characteristic_", self.characteristic)
+        """The characteristic in use: the fitted choice of a chooser, else the one asked for."""
+        return getattr(self, "chosen_", self.characteristic)
 
-    def _resolve(self, k: int) -> str:
-        if self.characteristic != AUTO:
+    def _candidates(self, k: int) -> Tuple[str, ...]:
+        """The characteristics that can be modelled with k views (and this density)."""
+        fits = [c for c in CHARACTERISTICS if k >= _min_views(c)]
+        return tuple(c for c in fits if c in ONE_DIMENSIONAL) if self.density == "kde" else tuple(fits)
+
+    def _choose(self, knowledge: AttackerKnowledge, mode: str, k: int) -> str:
+        """The characteristic to model: the one asked for, or a chooser's choice (sets selection_)."""
+        self.selection_ = None
+        if self.characteristic not in CHOOSERS:
             return self.characteristic
-        choice = AUTO_CHOICE["several_views" if k >= 2 else "one_view"]
-        return "view" if self.density == "kde" and choice == "multi_p" else choice  # KDE is 1-D
+        if self.characteristic == BUDGET:
+            choice = BUDGET_CHOICE["several_views" if k >= 2 else "one_view"]
+            return "view" if choice not in self._candidates(k) else choice
+        if self.characteristic == AUTO or mode == "reference":  # SELECT has no labels to choose by there
+            return "joint" if "joint" in self._candidates(k) else "view"
+        self.selection_ = self._cross_validate(knowledge, mode, self._candidates(k))
+        return max(self.selection_, key=self.selection_.get)  # the first of equals: CHARACTERISTICS order
+
+    def _cross_validate(self, knowledge: AttackerKnowledge, mode: str, candidates) -> dict:
+        """{characteristic: mean held-out AUC} over stratified CV_FOLDS folds of the labelled
+        members and non-members, each fold fitted exactly as `fit` would (shadow folds are
+        standardized and scored with the shadow's own reference)."""
+        from sklearn.model_selection import StratifiedKFold
+
+        from ..metrics import roc_auc
+
+        if mode == "shadow":
+            members, nonmembers = knowledge.require("shadow_members", "shadow_nonmembers", attack=self.name)
+            reference = {"shadow_reference": knowledge.shadow_reference,
+                         "target_reference": knowledge.shadow_reference}
+            names = ("shadow_members", "shadow_nonmembers")
+        else:
+            members, nonmembers = knowledge.require("calibration_members", "calibration_nonmembers",
+                                                    attack=self.name)
+            reference = {"target_reference": knowledge.target_reference}
+            names = ("calibration_members", "calibration_nonmembers")
+        labels = np.r_[np.ones(len(members), bool), np.zeros(len(nonmembers), bool)]
+        folds = min(CV_FOLDS, len(members), len(nonmembers))
+        if folds < 2:
+            raise ValueError(f"characteristic {SELECT!r} needs at least 2 labelled members and non-members to "
+                             f"choose by cross-validation; pass a characteristic of {CHARACTERISTICS}")
+        views = torch.cat([members, nonmembers])
+        params = dict(self.get_params(), knowledge=mode)
+        aucs = {c: [] for c in candidates}
+        split = StratifiedKFold(folds, shuffle=True, random_state=self.seed).split(labels, labels)
+        for train, test in split:
+            train_m, train_n = train[labels[train]], train[~labels[train]]
+            fold = AttackerKnowledge(level=mode, allow_different_dims=True, **reference,
+                                     **dict(zip(names, (views[train_m], views[train_n]))))
+            for c in candidates:
+                scores = LpLA(**dict(params, characteristic=c)).fit(fold).score(views[test])
+                aucs[c].append(roc_auc(scores, labels[test]))
+        return {c: float(np.mean(v)) for c, v in aucs.items()}
 
     def _stat(self, views, name) -> np.ndarray:
         """(N, K) view statistics, or (N, V) values of another characteristic."""
-        need = 1 if self._char == "view" else SAMPLE_STATISTICS[self._char].min_views
+        need = _min_views(self._char)
         if views.shape[1] < need:
             raise ValueError(f"characteristic {self._char!r} needs K >= {need} views per "
                              f"sample; the {name} have K={views.shape[1]}")
@@ -179,11 +247,10 @@ class LpLA(Attack):
 
     def _reference_moments(self, views, name):
         """(mean, std) of the reference's statistic: floats for "view", else per coordinate."""
-        if self._char == "view":
-            return mean_std(self._stat(views, name), self.min_std) if self.standardize else (0.0, 1.0)
         if not self.standardize:
-            size = SAMPLE_STATISTICS[self._char].size
-            return [0.0] * size, [1.0] * size
+            return 0.0, 1.0  # broadcast over a vector characteristic's coordinates
+        if self._char == "view":
+            return mean_std(self._stat(views, name), self.min_std)
         values = self._stat(views, name)
         return values.mean(axis=0).tolist(), np.maximum(values.std(axis=0, ddof=1), self.min_std).tolist()
 
@@ -197,7 +264,9 @@ class LpLA(Attack):
     def fit(self, knowledge: AttackerKnowledge) -> "LpLA":
         mode = knowledge.level if self.knowledge == "auto" else self.knowledge
         known = [getattr(knowledge, n) for n in ("shadow_members", "calibration_members", "target_reference")]
-        self.characteristic_ = self._resolve(min(int(v.shape[1]) for v in known if v is not None))
+        k = min(int(v.shape[1]) for v in known if v is not None)
+        self.chosen_ = self._choose(knowledge, mode, k)
+        self.columns_ = list(characteristic_columns(self.chosen_, self.p, k))
         if mode == "reference":
             (target_ref,) = knowledge.require("target_reference", attack=self.name)
             source_ref = target_ref
@@ -225,7 +294,7 @@ class LpLA(Attack):
     def _fit_densities(self, t_in: Optional[np.ndarray], t_out: np.ndarray) -> None:
         out_values = self._aggregate(t_out)
         in_values = None if t_in is None else self._aggregate(t_in)
-        self.calibration_ = self.gaussians_ = None
+        self.calibration_ = self.gaussians_ = self.weights_ = None
         self.kde_in_ = self.kde_out_ = None
         if self.density == "kde":
             rng = np.random.default_rng(self.seed)
@@ -248,20 +317,28 @@ class LpLA(Attack):
         )
 
     def _fit_gaussians(self, t_in: Optional[np.ndarray], t_out: np.ndarray) -> None:
-        """Member / non-member Gaussians of a characteristic vector (full covariance)."""
-        mean_out, cov_out = gaussian.fit(t_out, self.min_std)
-        if t_in is None:
+        """Member / non-member Gaussians of a characteristic vector (full covariance; for
+        "joint" Ledoit-Wolf-shrunk, and with labels one shared by both classes)."""
+        joint = self._char == "joint"
+        if t_in is None:  # reference-only: the in-density is the out-density widened
+            mean_out, cov_out = gaussian.fit(t_out, self.min_std, shrink=joint)
             mean_in, cov_in = mean_out, self.reference_spread ** 2 * cov_out
+        elif joint:  # one shared covariance: the score is linear, w . t + const
+            (mean_in, mean_out), cov_in = gaussian.fit_shared([t_in, t_out], self.min_std)
+            cov_out = cov_in
+            self.weights_ = dict(zip(self.columns_, np.linalg.solve(cov_in, mean_in - mean_out).tolist()))
         else:
+            mean_out, cov_out = gaussian.fit(t_out, self.min_std)
             mean_in, cov_in = gaussian.fit(t_in, self.min_std)
         self.gaussians_ = {"mean_in": mean_in, "cov_in": cov_in, "mean_out": mean_out, "cov_out": cov_out}
-        center, scale = self.reference_moments_
+        center, scale = (np.broadcast_to(np.asarray(m, np.float64), mean_out.shape) for m in self.reference_moments_)
         self.calibration_ = LpLACalibration(
             p=self.p, log_space=self.statistic == "log", mean_in=0.0, std_in=1.0, mean_out=0.0, std_out=1.0,
             dim=self.dim_, characteristic=self._char,
             gaussians={k: gaussian.to_list(v) for k, v in self.gaussians_.items()},
             ref_center=tuple(float(x) for x in center), ref_scale=tuple(float(x) for x in scale),
-            meta={"attack": self.name, "knowledge": self.mode_, "standardized": self.standardize},
+            meta={"attack": self.name, "knowledge": self.mode_, "standardized": self.standardize,
+                  "columns": self.columns_},
         )
 
     def _fit_threshold(self, t_in, t_out) -> None:
@@ -305,7 +382,8 @@ class LpLA(Attack):
     # --- state --------------------------------------------------------------------
     def _state(self) -> dict:
         return {
-            "characteristic": self.characteristic_,
+            "characteristic": self.chosen_, "selection": self.selection_, "columns": self.columns_,
+            "weights": self.weights_,
             "mode": self.mode_, "dim": self.dim_, "threshold": self.threshold_,
             "reference_moments": self.reference_moments_,
             "calibration": None if self.calibration_ is None else self.calibration_.to_dict(),
@@ -316,7 +394,10 @@ class LpLA(Attack):
         }
 
     def _set_state(self, state: dict) -> None:
-        self.characteristic_ = state.get("characteristic", self.characteristic)
+        self.chosen_ = state.get("characteristic", self.characteristic)
+        self.selection_ = state.get("selection")
+        self.columns_ = state.get("columns")
+        self.weights_ = state.get("weights")
         self.mode_ = state["mode"]
         self.dim_ = state["dim"]
         self.threshold_ = float(state["threshold"])
@@ -327,6 +408,10 @@ class LpLA(Attack):
         self.calibration_ = None if cal is None else LpLACalibration.from_dict(cal)
         self.kde_in_ = None if state.get("kde_in") is None else np.asarray(state["kde_in"], np.float64)
         self.kde_out_ = None if state.get("kde_out") is None else np.asarray(state["kde_out"], np.float64)
+
+
+def _min_views(characteristic: str) -> int:
+    return 1 if characteristic in ("view", "joint") else SAMPLE_STATISTICS[characteristic].min_views
 
 
 class GaussianKDE1D:

@@ -12,6 +12,9 @@ Each statistic maps views (N, K, D) of one encoder to float64 values (N, V):
   views agree, smaller the more they spread (V = 1; EncoderMI's invariance in norm form);
 - "multi_p": the mean view statistic at p = 1, 2 and inf (V = 3).
 Only "lpla" is per view; the others describe the sample as a whole and are modelled jointly.
+LpLA's "joint" characteristic (`characteristic_columns`) stacks every one of them that exists at the
+query budget: the norm level, its spread and the resultant length at p, and the level at the
+other p of MULTI_P.
 """
 
 from __future__ import annotations
@@ -87,9 +90,54 @@ def _check_log(norms: Tensor, name: str) -> None:
         raise ValueError(f"{name} holds {zero} zero-norm views; a log statistic needs norms > 0")
 
 
+def characteristic_columns(characteristic: str, p: float, k: int) -> Tuple[str, ...]:
+    """Names of the columns of `norm_characteristic(views, characteristic, p, ...)` with K = k
+    views: "view" k per-view columns; "mean" the mean view statistic and "std" its spread,
+    "resultant" the resultant length, "mean@p=q" the mean view statistic at order q. The
+    "joint" characteristic: the level ("mean") and, with K >= 2, its spread and the
+    resultant length, then the level at each other p of MULTI_P."""
+    if characteristic == "view":
+        return tuple(f"view{i + 1}" for i in range(k))
+    if characteristic == "mean_spread":
+        return ("mean", "std")
+    if characteristic == "resultant":
+        return ("resultant",)
+    if characteristic == "multi_p":
+        return tuple(f"mean@p={_p_name(q)}" for q in MULTI_P)
+    if characteristic == "joint":
+        columns = ("mean", "std", "resultant") if k >= 2 else ("mean",)
+        return columns + tuple(f"mean@p={_p_name(q)}" for q in MULTI_P if q != p)
+    raise ValueError(f"unknown characteristic {characteristic!r}")
+
+
+def _p_name(q: float) -> str:
+    return "inf" if math.isinf(q) else f"{q:g}"
+
+
+def _joint(views: Tensor, p: float, log: bool, name: str) -> np.ndarray:
+    norms, mean, std, mean_view_norm = view_norm_stats(views, p, log)
+    if log:
+        _check_log(norms, name)
+    columns = [_as_numpy(mean)]
+    if views.shape[1] >= 2:
+        mean_norm = _as_numpy(norms).mean(axis=1)
+        if (mean_norm <= 0).any():
+            raise ValueError(f"{name} holds samples whose views are all zero; the resultant length is undefined")
+        columns += [_as_numpy(std), _as_numpy(mean_view_norm) / mean_norm]
+    for q in MULTI_P:
+        if q != p:
+            norms, mean, _, _ = view_norm_stats(views, q, log)
+            if log:
+                _check_log(norms, name)
+            columns.append(_as_numpy(mean))
+    return np.stack(columns, axis=1)
+
+
 def norm_characteristic(views: Tensor, characteristic: str, p: float, log: bool, name: str = "views") -> np.ndarray:
     """(N, V) float64 values of an LpLA characteristic: "view" (the K view statistics),
-    "mean_spread", "resultant" or "multi_p" (see the module docstring)."""
+    "mean_spread", "resultant", "multi_p" or "joint" (see the module docstring)."""
+    if characteristic == "joint":
+        return _joint(views, p, log, name)
     if characteristic == "view":  # per-view norms only: one pass, no summary
         norms = ops.lp_norm(views, p)
         if log:

@@ -10,11 +10,14 @@ labels or gradients. Everything more specific is our own definition, and each ch
 - **Query**: the attacker sends K views of a sample (view 1 the unaugmented image, the others
   random augmentations of the training policy) and receives K embeddings z_1..z_K, either the
   backbone output (the released representation) or the projection-head output.
-- **LpLA (ours)**: statistic t_k = log ||z_k||_p, standardized with the same encoder's reference
-  non-members; Gaussian member and non-member densities of t fitted on labelled data (the shadow
-  encoder's members and non-members, or the audit calibration sets); score = sum over the K views of
-  log p_in(t_k) - log p_out(t_k) (views taken as independent given membership). Its characteristics
-  (`mean_spread`, `resultant`, `multi_p`) model the K views jointly instead. With reference
+- **LpLA (ours)**: statistics of the view norms log ||z_k||_p, standardized with the same encoder's
+  reference non-members; Gaussian member and non-member densities fitted on labelled data (the shadow
+  encoder's members and non-members, or the audit calibration sets). The default (`auto`, which is
+  `joint`) models each sample's vector of norm level, spread, resultant length ||mean_k z_k||_p /
+  mean_k ||z_k||_p and level at the other p with one shared covariance: score log N_in - log N_out,
+  linear in the vector. The other characteristics: `view` (sum over the K views of
+  log p_in(t_k) - log p_out(t_k)), `mean_spread`, `resultant`, `multi_p`; `select` picks one by
+  cross-validation on the labelled data, `budget` is the earlier fixed choice. With reference
   non-members only, the score is two-sided (distance from the non-members' centre).
 - **Norm threshold**: the mean view norm alone (an ablation of LpLA), direction and threshold learned.
 - **EncoderMI** (Liu et al., CCS 2021): the pairwise cosine similarities of the K views; -T thresholds

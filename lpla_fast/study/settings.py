@@ -7,7 +7,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Dict, Optional, Tuple
 
-from ..attacks import ATTACKS, CHARACTERISTICS, STATISTICS
+from ..attacks import ATTACKS, CHARACTERISTICS, CHOOSERS, STATISTICS
 from ..attacks.base import LEVELS
 from ..encoders.base import OUTPUTS
 from ..encoders.config import FRAMEWORKS
@@ -40,7 +40,8 @@ class StudyConfig:
         when a target has reference encoders; reference_statistics: the per-sample statistics
         they calibrate; reference_ks: their query budgets.
     characteristics: LpLA's "distribution characteristics" compared in the characteristic
-        ablation (at K = 1 and the default K).
+        ablation (at K = 1 and the default K), and the ways of choosing one ("auto", the
+        default, is "joint"; "select" cross-validates; "budget" is the earlier fixed choice).
     """
 
     attacks: Tuple[str, ...] = ATTACKS
@@ -56,7 +57,7 @@ class StudyConfig:
     reference_attacks: Tuple[str, ...] = ("lira", "lira-offline", "rmia")
     reference_statistics: Tuple[str, ...] = ("lpla", "encodermi", "knn", "resultant")
     reference_ks: Tuple[int, ...] = (1, 8)
-    characteristics: Tuple[str, ...] = CHARACTERISTICS
+    characteristics: Tuple[str, ...] = CHARACTERISTICS + ("select", "budget")
 
     def __post_init__(self):
         self.attacks, self.sweep_attacks = tuple(self.attacks), tuple(self.sweep_attacks)
@@ -64,8 +65,9 @@ class StudyConfig:
         self.reference_ks = tuple(int(k) for k in self.reference_ks)
         self.characteristics = tuple(self.characteristics)
         for name in self.characteristics:
-            if name not in CHARACTERISTICS:
-                raise ValueError(f"unknown LpLA characteristic {name!r}; choose from {', '.join(CHARACTERISTICS)}")
+            if name not in CHARACTERISTICS + CHOOSERS:
+                raise ValueError(f"unknown LpLA characteristic {name!r}; choose from "
+                                 f"{', '.join(CHARACTERISTICS + CHOOSERS)}")
         for name in self.reference_attacks:
             if name not in REFERENCE_ATTACK_SPECS:
                 raise ValueError(f"unknown reference attack {name!r}; choose from {', '.join(REFERENCE_ATTACK_SPECS)}")
