@@ -40,7 +40,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--device", default=None, help="cpu | cuda (default: cpu)")
     images = p.add_argument_group("with --images")
     images.add_argument("--batch-rows", type=int, default=None, help="images per chunk and per shard written (default 256)")
-    images.add_argument("--workers", type=int, default=1, help="processes that decode images and draw views")
+    images.add_argument("--workers", type=int, default=None,
+                        help="processes that decode images and draw views (0: a thread; default: chosen by the job)")
     images.add_argument("--engine", choices=("local", "ray"), default="local")
     images.add_argument("--address", help="Ray cluster address for --engine ray")
     images.add_argument("--skip-bad-shards", action="store_true", help="record bad shards in the manifest and go on")

@@ -48,8 +48,9 @@ def add_image_arguments(parser) -> None:
                         help="with --images: released representation, backbone (default) or projection head")
     parser.add_argument("--K", type=int, default=8, help="with --images: views per image, view 1 the clean image (default 8)")
     parser.add_argument("--view-seed", type=int, default=0, help="with --images: seed of the random views (default 0)")
-    parser.add_argument("--workers", type=int, default=1,
-                        help="with --images: processes that decode images and draw views (default 1; 0: none)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="with --images: processes that decode images and draw views (0: a thread; default: "
+                             "chosen from the cores and the costs of the first chunks, with torch's threads)")
     parser.add_argument("--forward-batch", type=int, default=512,
                         help="with --images: views per forward pass (default 512; whole blocks of 32 images)")
 
