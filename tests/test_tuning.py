@@ -19,9 +19,9 @@ S = 16
 # --- the decision ----------------------------------------------------------------------------
 
 
-def test_light_decoding_gives_the_forward_pass_every_core_and_one_worker():
+def test_light_decoding_gives_the_forward_pass_every_core_and_decodes_in_a_thread():
     plan = choose_threads(2, forward_s=0.4, decode_s=0.002)
-    assert (plan.torch_threads, plan.workers, plan.pin_memory) == (2, 1, False)
+    assert (plan.torch_threads, plan.workers, plan.pin_memory) == (2, 0, False)
     assert "light" in plan.reason
 
 
@@ -48,9 +48,9 @@ def test_one_core_decodes_in_a_thread():
     assert (plan.torch_threads, plan.workers) == (1, 0)
 
 
-def test_unmeasured_costs_keep_one_worker_and_every_core():
+def test_unmeasured_costs_decode_in_a_thread_beside_every_core():
     plan = choose_threads(8)
-    assert (plan.torch_threads, plan.workers) == (8, 1)
+    assert (plan.torch_threads, plan.workers) == (8, 0)
 
 
 def test_cuda_feeds_the_gpu_from_every_core_but_one_in_pinned_memory():

@@ -6,23 +6,25 @@ threads). On a CPU both compete for the same cores. `choose_threads` splits the 
 between them from the cores this process may use (`available_cores`: its affinity, capped
 by a cgroup CPU quota) and the per-image costs the job measured on its first chunk:
 
-* decoding light next to the forward pass (under a quarter of it, per image): one worker
-  process decodes ahead and the forward pass takes every core; the worker's few slices
-  cost the forward pass little;
-* decoding heavy: the worker processes decoders need get cores of their own (at least one
-  core left to the forward pass), so that no OpenMP thread of the forward pass waits at a
-  barrier for a core a decoder holds;
-* one core: no worker process (it could only take turns with the forward pass), the reader
-  thread decodes;
+* decoding light next to the forward pass (under a quarter of it, per image): a reader thread
+  of this process decodes ahead and the forward pass takes every core. This is also the wait
+  policy: OpenMP (GNU libgomp, torch's) reads ``OMP_WAIT_POLICY`` once, when torch loads, and
+  has no call to change it later; by default a thread that waits for the next parallel region
+  spins for 300,000 turns, which on a busy machine steals the cores its partners need (the
+  forward pass alone ran 3-5x slower with 2 threads than with 1 on this project's shared 2-core
+  machine). libgomp's documented exception (``GOMP_SPINCOUNT``): with more OpenMP threads than
+  CPUs it spins 100 turns, then sleeps, as with ``OMP_WAIT_POLICY=PASSIVE``. The reader thread's
+  own views drawing runs an OpenMP team, so while the job runs the process has more OpenMP
+  threads than cores and the forward pass's threads wait passively;
+* decoding heavy: worker processes get cores of their own (at least one core left to the
+  forward pass), so that no OpenMP thread of the forward pass waits at a barrier for a core a
+  decoder holds;
+* one core: a reader thread (a worker process could only take turns with the forward pass);
 * CUDA: the forward pass needs little of the CPU; decoders get every core but one, and the
   views arrive in pinned memory.
 
 What the user set wins: ``--workers`` fixes the worker count, and ``OMP_NUM_THREADS`` (or
-``MKL_NUM_THREADS``) in the environment leaves torch's thread count alone. OpenMP reads its
-wait policy (``OMP_WAIT_POLICY``) once, when torch loads, and has no call to change it later;
-the worker processes run one thread each (no OpenMP team, nothing to spin), and the split
-above keeps the forward pass's threads off the cores that decode, so the job does not need
-the variable.
+``MKL_NUM_THREADS``) in the environment leaves torch's thread count alone.
 """
 
 from __future__ import annotations
@@ -116,11 +118,12 @@ def choose_threads(cores: int, device: str = "cpu", forward_s: Optional[float] =
     if cores == 1:
         return ThreadPlan(threads, 0, False, "1 core: a worker process could only take turns with the forward pass")
     if forward_s is None or decode_s is None:
-        return ThreadPlan(threads, 1, False, f"{cores} cores, costs not measured")
+        return ThreadPlan(threads, 0, False, f"{cores} cores, costs not measured")
     share = decode_s / max(forward_s, 1e-12)
     costs = f"decoding {_ms(decode_s)} per image against a forward pass of {_ms(forward_s)} on {cores} cores"
     if share <= LIGHT_DECODING:
-        return ThreadPlan(threads, 1, False, f"{costs} ({share:.0%}): decoding is light, the forward pass takes every core")
+        return ThreadPlan(threads, 0, False, f"{costs} ({share:.0%}): decoding is light, the forward pass takes every "
+                                             "core and its OpenMP threads wait passively beside the reader's")
     # Heavy decoding: decoders get whole cores, enough to keep up with what the forward pass
     # does on the rest, and the forward pass keeps at least one.
     n = _decoders(cores, forward_s, decode_s)
