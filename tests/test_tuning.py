@@ -64,7 +64,7 @@ def test_user_settings_win():
     assert "--workers 0" in plan.reason
     kept = choose_threads(2, forward_s=0.001, decode_s=0.002, keep_threads=True)
     assert kept.torch_threads is None and kept.workers == 1
-    assert "as set" in kept.describe()
+    assert "torch's threads as set" in kept.describe()
 
 
 def test_user_set_threads_reads_the_openmp_and_mkl_variables():
@@ -151,3 +151,9 @@ def test_the_chosen_settings_are_one_stage_line(job_inputs, capsys):
     score_shards(config)
     lines = [line for line in capsys.readouterr().err.splitlines() if "threads:" in line]
     assert len(lines) == 1 and lines[0].startswith("[lpla score] threads: forward pass on")
+
+
+def test_omp_num_threads_in_the_environment_keeps_torchs_threads(job_inputs, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    summary, _ = _job(job_inputs, "kept")
+    assert summary["threads"].startswith("forward pass on torch's threads as set")

@@ -161,7 +161,7 @@ def run_local(config: ScoreConfig) -> Dict[str, object]:
                 continue
             try:
                 scored = staged if isinstance(staged, _Scored) else _score(plan, chunk, staged, pool, config.device)
-                table, embeddings = scored
+                table, embeddings = scored  # scored while tuning, or now
             except ShardError as exc:
                 _bad_shard(plan, shard.path, exc, commits, bad)
                 continue
@@ -194,7 +194,8 @@ def _tune(plan: JobPlan, pending, bar):
     """Choose an image job's thread settings (`tuning.choose_threads`) from the costs of its first
     chunks, read and scored here one after the other, and set them.
 
-    Returns (the probed chunks as (shard, chunk, None), what is left of `pending`, the ThreadPlan).
+    Returns (the probed chunks as (shard, chunk or ShardError, _Scored or None), what is left of
+    `pending`, the ThreadPlan).
     The first chunk pays for the forward pass's first call (its layers set themselves up), so the
     forward pass is timed on the second chunk where there is one.
     """
@@ -207,7 +208,8 @@ def _tune(plan: JobPlan, pending, bar):
     probed, decode, forward = [], [], []
     if user_workers is None and config.device == "cpu" and cores > 1:
         for shard, (start, stop) in first:
-            set_torch_threads(1)  # as in a worker process
+            if not keep:
+                set_torch_threads(1)  # as in a worker process
             t = time.perf_counter()
             try:
                 chunk = source.load(shard, start, stop)

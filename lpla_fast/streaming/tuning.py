@@ -50,10 +50,11 @@ class ThreadPlan:
     reason: str
 
     def describe(self) -> str:
-        threads = "as set" if self.torch_threads is None else self.torch_threads
+        n = self.torch_threads
+        threads = "torch's threads as set" if n is None else f"{n} thread{'s' if n != 1 else ''}"
         decoders = f"{self.workers} worker process{'es' if self.workers != 1 else ''}" if self.workers else "a reader thread"
         pinned = ", pinned memory" if self.pin_memory else ""
-        return f"forward pass on {threads} threads, decoding in {decoders}{pinned}: {self.reason}"
+        return f"forward pass on {threads}, decoding in {decoders}{pinned}: {self.reason}"
 
 
 def available_cores() -> int:
