@@ -50,7 +50,7 @@ def add_image_arguments(parser) -> None:
     parser.add_argument("--view-seed", type=int, default=0, help="with --images: seed of the random views (default 0)")
     parser.add_argument("--workers", type=int, default=None,
                         help="with --images: processes that decode images and draw views (0: a thread; default: "
-                             "chosen from the cores and the costs of the first chunks, with torch's threads)")
+                             "chosen from the cores and the costs of the first chunk, with torch's threads)")
     parser.add_argument("--forward-batch", type=int, default=512,
                         help="with --images: views per forward pass (default 512; whole blocks of 32 images)")
 

@@ -192,19 +192,20 @@ def run_local(config: ScoreConfig) -> Dict[str, object]:
 
 def _tune(plan: JobPlan, pending, bar):
     """Choose an image job's thread settings (`tuning.choose_threads`) from the costs of its first
-    chunks, read and scored here one after the other, and set them.
+    chunk, read and scored here one after the other, and set them.
 
     Returns (the probed chunks as (shard, chunk or ShardError, _Scored or None), what is left of
     `pending`, the ThreadPlan).
-    The first chunk pays for the forward pass's first call (its layers set themselves up), so the
-    forward pass is timed on the second chunk where there is one.
+    One chunk only: it runs without overlap, and its forward pass with OpenMP threads that spin
+    (no reader thread yet). Its time includes the layers' first-call set-up, which errs toward
+    "decoding is light", the reader thread.
     """
     from .tuning import available_cores, choose_threads, user_set_threads
 
     config, source = plan.config, plan.source
     cores, keep = available_cores(), user_set_threads()
     user_workers = config.workers
-    first = [(shard, c) for shard, chunks in pending for c in chunks][:2]
+    first = [(shard, c) for shard, chunks in pending for c in chunks][:1]
     probed, decode, forward = [], [], []
     if user_workers is None and config.device == "cpu" and cores > 1:
         for shard, (start, stop) in first:
@@ -227,7 +228,7 @@ def _tune(plan: JobPlan, pending, bar):
                 break
             probed.append((shard, chunk, scored))
             forward.append((time.perf_counter() - t) / (stop - start))
-    threads = choose_threads(cores, config.device, forward[-1] if forward else None, min(decode) if decode else None,
+    threads = choose_threads(cores, config.device, forward[0] if forward else None, decode[0] if decode else None,
                              user_workers, keep)
     if threads.torch_threads is not None:
         set_torch_threads(threads.torch_threads)
