@@ -45,8 +45,9 @@ def add_parser(subparsers) -> None:
     images.add_argument("--batch-rows", type=int,
                         default=Auto("{}", Lazy("lpla_fast.streaming.config", "DEFAULT_IMAGE_BATCH_ROWS")),
                         help="images per chunk and per shard written (default: %(default)s)")
-    images.add_argument("--workers", type=int, default=Lazy(*SCORE_DEFAULT, "workers"),
-                        help="processes that decode images and draw views (default: %(default)s)")
+    images.add_argument("--workers", type=int, default=None,
+                        help="processes that decode images and draw views (0: a reader thread; not given: chosen by "
+                             "the job from the cores and the costs of the first chunk, with torch's threads)")
     images.add_argument("--engine", choices=ENGINES, metavar="ENGINE", default=Lazy(*SCORE_DEFAULT, "engine"),
                         help="%(choices)s (default: %(default)s)")
     images.add_argument("--address", help="Ray cluster address for --engine ray")

@@ -63,8 +63,10 @@ def add_image_arguments(parser) -> None:
                         help="with --images: views per image, view 1 the clean image (default: %(default)s)")
     parser.add_argument("--view-seed", type=int, default=Lazy(*SCORE_DEFAULT, "view_seed"),
                         help="with --images: seed of the random views (default: %(default)s)")
-    parser.add_argument("--workers", type=int, default=Lazy(*SCORE_DEFAULT, "workers"),
-                        help="with --images: processes that decode images and draw views, 0: none (default: %(default)s)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="with --images: processes that decode images and draw views (0: a reader thread; not "
+                             "given: chosen by the job from the cores and the costs of the first chunk, with torch's "
+                             "threads)")
     parser.add_argument("--forward-batch", type=int, default=Lazy(*SCORE_DEFAULT, "forward_batch"),
                         help="with --images: views per forward pass, whole blocks of 32 images (default: %(default)s)")
 

@@ -48,7 +48,7 @@ class ScoreConfig:
     output: str = "backbone"
     K: int = DEFAULT_K
     view_seed: int = 0
-    workers: int = 1
+    workers: Optional[int] = None  # None: chosen by the job (`tuning.choose_threads`)
     write_embeddings: bool = False
     forward_batch: int = 512  # views per forward pass (rounded to whole blocks of 32 images)
 
@@ -76,7 +76,7 @@ class ScoreConfig:
             raise ValueError(f"--K must be an integer >= 1, got {self.K}")
         if self.forward_batch < 1:
             raise ValueError(f"--forward-batch must be >= 1, got {self.forward_batch}")
-        if self.workers < 0:
+        if self.workers is not None and self.workers < 0:
             raise ValueError(f"--workers must be >= 0, got {self.workers}")
         if self.p is not None and (math.isnan(self.p) or self.p <= 0):
             raise ValueError(f"--p must be in (0, inf], got {self.p}")

@@ -10,8 +10,10 @@ whatever the number of rows.
 
 from __future__ import annotations
 
+import itertools
 import os
 import queue
+import sys
 import threading
 import time
 from typing import Dict
@@ -62,9 +64,9 @@ class _PinnedPool:
         raise _Stop
 
 
-def _reader(plan: JobPlan, out: queue.Queue, stop: threading.Event, pool) -> None:
+def _reader(plan: JobPlan, pending, out: queue.Queue, stop: threading.Event, pool) -> None:
     try:
-        for shard, chunk in plan.source.stream(plan.pending()):
+        for shard, chunk in plan.source.stream(pending):
             staged = None
             # Embedding rows (numpy) are staged in a pinned buffer; image views come pinned.
             if pool is not None and isinstance(chunk, Chunk) and isinstance(chunk.views, np.ndarray):
@@ -130,26 +132,36 @@ def run_local(config: ScoreConfig) -> Dict[str, object]:
     commits: queue.Queue = queue.Queue(maxsize=2)
     write_errors: list = []
     pool = _PinnedPool(3) if cuda else None
-    # Worker processes already read ahead: their DataLoader is iterated here, not in a thread.
-    workers = config.images is not None and config.workers > 0
-    if not workers:
-        threading.Thread(target=_reader, args=(plan, chunks, stop, pool), daemon=True, name="lpla-reader").start()
-    writer = threading.Thread(target=_writer, args=(plan, commits, write_errors), daemon=True, name="lpla-writer")
     bar = _progress(plan)
+    threads_before = torch_threads()
+    pending = plan.pending()
+    try:
+        probed, pending, threads = _tune(plan, pending, bar) if config.images is not None else ([], pending, None)
+    except BaseException:
+        bar.close()
+        set_torch_threads(threads_before)
+        raise
+    # Worker processes already read ahead: their DataLoader is iterated here, not in a thread.
+    workers = config.images is not None and plan.source.workers > 0
+    if not workers:
+        threading.Thread(target=_reader, args=(plan, pending, chunks, stop, pool), daemon=True,
+                         name="lpla-reader").start()
+    writer = threading.Thread(target=_writer, args=(plan, commits, write_errors), daemon=True, name="lpla-writer")
     writer.start()
     t0, nbytes, bad = time.perf_counter(), 0, set()
-    items = ((shard, chunk, None) for shard, chunk in plan.source.stream(plan.pending())) if workers else _queued(chunks)
+    streamed = ((shard, chunk, None) for shard, chunk in plan.source.stream(pending)) if workers else _queued(chunks)
     try:
-        for shard, chunk, staged in items:
+        for shard, chunk, staged in itertools.chain(probed, streamed):
             if shard.path in bad:
-                if staged is not None:
+                if pool is not None and staged is not None:
                     pool.free.put(staged[1])
                 continue
             if isinstance(chunk, ShardError):
                 _bad_shard(plan, shard.path, chunk, commits, bad)
                 continue
             try:
-                table, embeddings = _score(plan, chunk, staged, pool, config.device)
+                scored = staged if isinstance(staged, _Scored) else _score(plan, chunk, staged, pool, config.device)
+                table, embeddings = scored  # scored while tuning, or now
             except ShardError as exc:
                 _bad_shard(plan, shard.path, exc, commits, bad)
                 continue
@@ -169,9 +181,87 @@ def run_local(config: ScoreConfig) -> Dict[str, object]:
         commits.put(_DONE)
         writer.join()
         bar.close()
+        set_torch_threads(threads_before)
     if write_errors:
         raise write_errors[0]
-    return finish_job(plan)
+    summary = finish_job(plan)
+    if threads is not None:
+        summary["threads"] = threads.describe()
+    return summary
+
+
+def _tune(plan: JobPlan, pending, bar):
+    """Choose an image job's thread settings (`tuning.choose_threads`) from the costs of its first
+    chunk, read and scored here one after the other, and set them.
+
+    Returns (the probed chunks as (shard, chunk or ShardError, _Scored or None), what is left of
+    `pending`, the ThreadPlan).
+    One chunk only: it runs without overlap, and its forward pass with OpenMP threads that spin
+    (no reader thread yet). Its time includes the layers' first-call set-up, which errs toward
+    "decoding is light", the reader thread.
+    """
+    from .tuning import available_cores, choose_threads, user_set_threads
+
+    config, source = plan.config, plan.source
+    cores, keep = available_cores(), user_set_threads()
+    user_workers = config.workers
+    first = [(shard, c) for shard, chunks in pending for c in chunks][:1]
+    probed, decode, forward = [], [], []
+    if user_workers is None and config.device == "cpu" and cores > 1:
+        for shard, (start, stop) in first:
+            if not keep:
+                set_torch_threads(1)  # as in a worker process
+            t = time.perf_counter()
+            try:
+                chunk = source.load(shard, start, stop)
+            except ShardError as exc:
+                probed.append((shard, exc, None))
+                break
+            decode.append((time.perf_counter() - t) / (stop - start))
+            if not keep:
+                set_torch_threads(cores)
+            t = time.perf_counter()
+            try:
+                scored = _Scored(plan.scorer.score_chunk(chunk, config.device))
+            except ShardError as exc:  # NaN rows: the shard is bad, as in the main loop
+                probed.append((shard, exc, None))
+                break
+            probed.append((shard, chunk, scored))
+            forward.append((time.perf_counter() - t) / (stop - start))
+    threads = choose_threads(cores, config.device, forward[0] if forward else None, decode[0] if decode else None,
+                             user_workers, keep)
+    if threads.torch_threads is not None:
+        set_torch_threads(threads.torch_threads)
+    source.workers, source.pin_memory = threads.workers, threads.pin_memory
+    if config.progress:
+        bar.write(f"[lpla score] threads: {threads.describe()}", file=sys.stderr)
+    done = {(shard.path, chunk.start) for shard, chunk, _ in probed if isinstance(chunk, Chunk)}
+    bad = {shard.path for shard, chunk, _ in probed if isinstance(chunk, ShardError)}
+    left = []
+    for shard, chunks in pending:
+        if shard.path in bad:
+            continue
+        chunks = [c for c in chunks if (shard.path, c[0]) not in done]
+        if chunks:
+            left.append((shard, chunks))
+    return probed, left, threads
+
+
+class _Scored(tuple):
+    """A chunk's (table, embeddings), scored while tuning."""
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def set_torch_threads(n: int) -> None:
+    import torch
+
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
 
 
 def _queued(chunks: queue.Queue):

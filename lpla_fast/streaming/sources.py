@@ -125,5 +125,8 @@ def make_source(config: ScoreConfig, encoder=None):
     if config.images is None:
         return EmbeddingSource(config.embeddings)
     policy = encoder.config.augmentation
+    # The local engine sets workers and pinning from `tuning.choose_threads` before it streams.
+    workers = 1 if config.workers is None else config.workers
     return ImageSource(config.images, encoder.config.image_size, config.K, config.view_seed, policy,
-                       config.workers, pin_memory=config.device != "cpu", skip_bad_images=config.skip_bad_images)
+                       workers, pin_memory=config.device != "cpu",
+                       skip_bad_images=config.skip_bad_images)
