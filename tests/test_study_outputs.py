@@ -21,7 +21,7 @@ LADDER = (("small_cnn", 8), ("small_cnn", 32), ("resnet18", None))
 # Strength of each attack's membership signal (a shift of the members' scores, in standard deviations).
 GLOBAL = {"lpla": 0.3, "norm": 0.25, "encodermi-t": 0.6, "knn": 0.4}
 REFERENCE = {("lira", True, "lpla"): 0.9, ("rmia", False, "encodermi"): 0.7}
-DEFENSES = {"l2-normalize": 0.2, "weight-decay:5e-4": 0.5}
+DEFENSES = {"l2-normalize": 0.2, "weight-decay:5e-4": 0.5, "dp:8": 0.1}
 
 
 def _quality(framework, backbone, width, seed):
@@ -416,3 +416,23 @@ def test_scores_parquet_reads_back_onto_the_records(written, results):
     mine = next(r for r in back.records if r.study == "references" and r.metrics)
     theirs = next(r for r in results.records if r.study == "references" and r.metrics)
     np.testing.assert_array_equal(mine.samples.score, theirs.samples.score)
+
+
+def test_dp_sgd_defenses_show_the_empirical_epsilon_beside_the_accountants(written, results):
+    found = [e for e in results.empirical_epsilon if e.defense == "dp:8"]
+    assert {(e.framework, e.output) for e in found} == {(fw, o) for fw in FRAMEWORKS for o in ("backbone", "head")}
+    e = next(e for e in found if (e.framework, e.output) == ("simclr", "head"))
+    assert e.accountant == 8.0 and len(e.per_seed) == 3 and e.max_provable == pytest.approx(metrics.max_provable_epsilon(60, 60))
+    record = next(r for r in results.records if (r.framework, r.output, r.defense, r.seed) == ("simclr", "head", "dp:8", 0)
+                  and results_label(r) == e.attack)
+    assert e.per_seed[0] == pytest.approx(metrics.empirical_epsilon(record.samples.score, record.samples.is_member))
+    text = (written[0] / "report.md").read_text()
+    defenses = text[text.index("## Defenses"):text.index("## Figures")]
+    assert "accountant's ε" in defenses and "no attack can prove more than ε" in defenses
+    assert re.search(r"\| simclr \| dp:8 \| 3 \| .* \| 8 \| \d+\.\d\d, ", defenses)
+
+
+def results_label(record):
+    from lpla_fast.study.report_data import record_label
+
+    return record_label(record)

@@ -291,6 +291,16 @@ PRESETS: Dict[str, dict] = {
                     seeds=4, references=2, ladder=("small_cnn-8", "small_cnn-16"),
                     release_defenses=("normalize", "noise:0.1", "noise:0.3", "quantize:4", "truncate:32"),
                     train_defenses=("epochs:0.33", "weight_decay:0.001")),
+    # The verdicts at the power to decide (`study.power`): SimCLR alone at the default's 128 members
+    # per target, with enough seeds (each target the others' reference) to detect a paired AUC
+    # difference of 0.02 with 80 % power, as measured from the default run; no ladder, defenses or sweeps
+    # beyond K = 1 and the headline K.
+    "power": dict(frameworks=("simclr",),
+                  sizes=SplitSizes(target_members=128, target_nonmembers=128, shadow_members=128,
+                                   shadow_nonmembers=128, reference=200, probe_train=600, probe_test=485),
+                  seeds=24, references=2,
+                  study=StudyConfig(ks=(1, 8), ps=(), levels=(), characteristics=(),
+                                    reference_statistics=("lpla", "encodermi", "knn", "resultant"))),
     "full": dict(seeds=8, references=6, ladder=("small_cnn-8", "small_cnn-16", "small_cnn-64", "deep_cnn-32",
                                                  "resnet18", "vit_small"),
                  ladder_seeds=2, defense_seeds=2,
