@@ -128,7 +128,7 @@ def forest_plot(comparisons: List[Comparison], folder: str, saved: List[str]) ->
     from .comparisons import TIE_MARGIN
 
     n = len(comparisons)
-    fig, axes = _figure(1, 1, width=8.0, height=max(2.5, 0.24 * n + 1.2))
+    fig, axes = _figure(1, 1, width=9.0, height=max(2.5, 0.24 * n + 1.2))
     ax = axes[0][0]
     ax.axvspan(-TIE_MARGIN, TIE_MARGIN, color="0.85", label=f"tie band ±{TIE_MARGIN:g}")
     ax.axvline(0.0, color="0.3", linewidth=1)
@@ -144,7 +144,7 @@ def forest_plot(comparisons: List[Comparison], folder: str, saved: List[str]) ->
         labels.append(f"{c.claim}: {c.framework} {c.output} K={c.k}: {what}" + ("" if c.paired else " (unpaired)"))
     ax.set_yticks(range(n - 1, -1, -1), labels, fontsize=6)
     ax.set_ylim(-0.8, n - 0.2)
-    ax.set(xlabel="difference in AUC (a − b), 95% interval; filled: significant after Holm",
+    ax.set(xlabel="AUC a − b, 95% interval (filled: significant, Holm)",
            title="Paired comparisons of the report")
     ax.grid(True, axis="x", alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
