@@ -4,7 +4,7 @@ losses, ties and undecided."""
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List
 
 from .. import metrics
 from .comparisons import TIE_MARGIN
