@@ -14,7 +14,7 @@ from lpla_fast.encoders import head_views
 from lpla_fast.study import (RESULTS_VERSION, AuditSplit, ExperimentConfig, Results, StudyConfig, load_results,
                              run_experiment)
 
-PLOTS = ("roc-simclr.png", "roc-byol.png", "leakage_vs_quality.png", "auc_vs_k.png", "auc_vs_p.png")
+PLOTS = ("forest.png", "roc-simclr.png", "roc-byol.png", "leakage_vs_quality.png", "auc_vs_k.png", "auc_vs_p.png")
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +103,25 @@ def test_report_has_the_tables_and_definitions(quick_run):
                     "### Knowledge level", "## Definitions", "## Timings"):
         assert heading in text, heading
     assert "TPR@0.1% FPR" in text and "our own definition" in text
+    # The comparisons come first, headed by the forest plot; 40 non-members support no TPR at 0.1 %.
+    assert text.index("## Paired comparisons") < text.index("## Attacks (K=4")
+    assert text.index("![forest](plots/forest.png)") == text.index("![")
+    assert "DeLong" in text and "p (Holm)" in text and "Power: with 40 members" in text
+    headline = text[text.index("## Attacks (K=4"):]
+    assert "| — (n=40) | — (n=40) |" in headline
+
+
+def test_results_hold_the_comparisons_typed(quick_run):
+    from lpla_fast.study.results import Comparison
+
+    results = load_results(str(quick_run))
+    attack = [c for c in results.comparisons if c.claim == "attack"]
+    # 2 frameworks x 2 outputs x (K = 4 and K = 1), each on the same targets and samples.
+    assert len(attack) == 8 and all(isinstance(c, Comparison) and c.paired for c in attack)
+    assert all(len(c.per_seed) == 2 for c in attack)
+    assert {c.claim for c in results.comparisons} == {"attack", "defense", "ladder"}
+    assert all(c.p_holm is not None and c.p_holm >= c.p_value for c in results.comparisons)
+    assert results.power is not None and results.power.seeds == 2 and results.pooled
 
 
 def test_saved_calibration_scores_like_the_attack(quick_run):
@@ -156,6 +175,12 @@ def test_results_round_trip_and_the_loader_refuses_other_files(quick_run, tmp_pa
     results = load_results(str(quick_run))
     again = Results.from_dict(json.loads(json.dumps(results.to_dict())))
     assert again == results
+    # A version-2 file (before the comparisons) still loads, without them.
+    v2 = {k: v for k, v in json.loads((quick_run / "results.json").read_text()).items()
+          if k not in ("comparisons", "pooled", "power", "empirical_epsilon")}
+    (tmp_path / "v2.json").write_text(json.dumps(dict(v2, version=2)))
+    older = load_results(str(tmp_path / "v2.json"))
+    assert older.comparisons == [] and older.power is None and len(older.records) == len(results.records)
     old = dict(json.loads((quick_run / "results.json").read_text()), version=1)
     (tmp_path / "old.json").write_text(json.dumps(old))
     with pytest.raises(ValueError, match="results version 1"):

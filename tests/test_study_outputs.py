@@ -21,7 +21,7 @@ LADDER = (("small_cnn", 8), ("small_cnn", 32), ("resnet18", None))
 # Strength of each attack's membership signal (a shift of the members' scores, in standard deviations).
 GLOBAL = {"lpla": 0.3, "norm": 0.25, "encodermi-t": 0.6, "knn": 0.4}
 REFERENCE = {("lira", True, "lpla"): 0.9, ("rmia", False, "encodermi"): 0.7}
-DEFENSES = {"l2-normalize": 0.2, "weight-decay:5e-4": 0.5}
+DEFENSES = {"l2-normalize": 0.2, "weight-decay:5e-4": 0.5, "dp:8": 0.1}
 
 
 def _quality(framework, backbone, width, seed):
@@ -40,7 +40,8 @@ def _record(framework, output, study, attack, k, strength, seed, n=60, level="sh
                                                  width, defense)).encode()))
     is_member = np.r_[np.ones(n, bool), np.zeros(n, bool)]
     score = rng.normal(size=2 * n) + strength * is_member
-    sample = rng.permutation(1000)[: 2 * n]
+    # Every attack on one target scores the same samples (paired); each seed's target its own.
+    sample = 1000 * seed + np.arange(2 * n)
     return AttackRecord(framework=framework, output=output, study=study, attack=attack, level=level, k=k, p=p,
                         params=dict(params or {}, seed=seed), metrics=metrics.evaluate(score, is_member, 50, seed),
                         seed=seed, backbone=backbone, width=width, defense=defense, seconds=0.01,
@@ -204,8 +205,9 @@ def written(results, tmp_path_factory):
 def test_write_all_lists_what_it_wrote(written):
     out, files = written
     assert files["report"] == ["report.md", "report.html"]
-    assert set(files["plots"]) == {"roc-simclr.png", "roc-byol.png", "leakage_vs_quality.png", "privacy_utility.png",
-                                   "auc_vs_k.png", "auc_vs_p.png"}
+    assert set(files["plots"]) == {"forest.png", "roc-simclr.png", "roc-byol.png", "leakage_vs_quality.png",
+                                   "privacy_utility.png", "auc_vs_k.png", "auc_vs_p.png"}
+    assert files["plots"][0] == "forest.png"
     for name in files["plots"]:
         assert (out / "plots" / name).stat().st_size > 1000, name
     for name in files["report"] + files["exports"]:
@@ -236,9 +238,14 @@ def test_report_puts_reference_attacks_beside_global_ones_at_both_budgets(writte
 
 def test_report_findings_are_computed_from_the_numbers(written):
     text = (written[0] / "report.md").read_text()
-    shows = text[text.index("## What this run shows"):text.index("## Feature quality")]
-    assert "strongest LpLA-family attack" in shows and "K=1, head, simclr" in shows
-    assert "reference-calibrated attack" in shows and "ρ between linear-probe accuracy" in shows
+    shows = text[text.index("## What this run shows"):text.index("## Paired comparisons")]
+    assert re.search(r"\*\*LpLA against the other attacks\*\* .*: \d+ wins, \d+ losses, \d+ ties and \d+ undecided of 8",
+                     shows)
+    assert "**Defenses against none**" in shows and "**Architecture ladder**" in shows
+    assert "Power: with 60 members and 60 non-members per target and 3 seeds" in shows
+    assert "ρ between linear-probe accuracy" in shows
+    # 60 non-members per target cannot support TPR at 1%: no sentence compares it.
+    assert "best mean TPR at 1% FPR" not in shows
     defenses = text[text.index("## Defenses"):text.index("## Figures")]
     assert "| simclr | none | 3 |" in defenses and "| byol | weight-decay:5e-4 | 3 | 0.700 |" in defenses
     assert "| simclr | l2-normalize | 3 | — |" in defenses
@@ -310,3 +317,122 @@ def test_frontier_keeps_the_points_no_other_beats_on_both_axes():
 
     # (utility, leakage): (0.9, 0.7) and (0.8, 0.55) and (0.6, 0.5) are not dominated; (0.7, 0.6) is.
     assert _frontier([0.9, 0.7, 0.8, 0.6], [0.7, 0.6, 0.55, 0.5]) == [3, 2, 0]
+
+
+# --- paired comparisons, the count rule, pooled low-FPR numbers, power ------------------------------
+
+def test_report_opens_its_comparisons_with_the_forest_plot(written):
+    text = (written[0] / "report.md").read_text()
+    assert text.index("![forest](plots/forest.png)") == text.index("![")  # the first figure
+    section = text[text.index("## Paired comparisons"):text.index("## Feature quality")]
+    assert "Holm-adjusted over all" in section and "| p (Holm) |" in section
+    for heading in ("### strongest LpLA-family attack − best baseline", "### defended − undefended",
+                    "### wider − narrower architecture"):
+        assert heading in section, heading
+    assert "paired hierarchical bootstrap (3 seeds)" in section and "unpaired bootstrap (3 seeds)" in section
+
+
+def test_comparisons_pair_what_shares_targets_and_samples(written, results):
+    found = results.comparisons
+    attack = [c for c in found if c.claim == "attack"]
+    assert len(attack) == 8 and all(c.paired and c.method == "paired hierarchical bootstrap" for c in attack)
+    assert all(len(c.per_seed) == 3 and c.per_seed[0]["seed"] == 0 for c in attack)
+    # A release-time defense attacks the same encoder; a training-time one another encoder.
+    defense = {c.a: c for c in found if c.claim == "defense" and c.framework == "simclr" and c.output == "head"}
+    assert defense["l2-normalize"].paired and not defense["weight-decay:5e-4"].paired
+    assert all(not c.paired and c.method == "unpaired bootstrap" for c in found if c.claim == "ladder")
+    assert [c.p_holm for c in found] == pytest.approx(metrics.holm([c.p_value for c in found]))
+    for c in found:
+        assert c.low <= c.difference <= c.high and c.verdict in ("higher", "lower", "tie", "undecided")
+        assert c.difference == pytest.approx(c.a_value - c.b_value)
+
+
+def test_a_seed_s_paired_difference_is_delong_on_its_samples(results):
+    from lpla_fast.study.report_data import record_label
+
+    c = next(c for c in results.comparisons if c.claim == "attack")
+
+    def group(label):
+        return sorted((r for r in results.records if r.metrics and r.study in ("main", "references", "k")
+                       and (r.framework, r.output, r.k) == (c.framework, c.output, c.k) and r.defense is None
+                       and record_label(r) == label and r.architecture == "small_cnn-32"), key=lambda r: r.seed)
+
+    a, b = group(c.a)[0], group(c.b)[0]
+    expected = metrics.paired_delong(a.samples.score, b.samples.score, a.samples.is_member)
+    assert c.per_seed[0]["difference"] == pytest.approx(expected.difference)
+    assert c.per_seed[0]["p_value"] == pytest.approx(expected.p_value)
+
+
+def test_tpr_cells_without_enough_nonmembers_show_the_count(written):
+    text = (written[0] / "report.md").read_text()
+    headline = text[text.index("## Attacks (K=8"):text.index("## Attacks at K=1")]
+    row = next(line for line in headline.splitlines() if line.startswith("| simclr | EncoderMI-T |"))
+    assert row.endswith("| — (n=60) | — (n=60) |"), row
+
+
+def test_pooled_low_fpr_numbers_are_labelled_and_follow_the_count_rule(written, results):
+    text = (written[0] / "report.md").read_text()
+    assert "## Low-FPR numbers pooled over targets" in text and "(pooled)" in text
+    pooled = results.pooled
+    assert pooled and all(p.seeds == 3 and p.n_nonmembers == 180 for p in pooled)
+    assert all(p.tpr_at_fpr["0.1"] is not None and p.tpr_at_fpr["0.01"] is None for p in pooled)
+    p = next(p for p in pooled if (p.framework, p.output, p.k, p.variant) == ("simclr", "head", 8, "lira-online/lpla"))
+    group = [r for r in results.records if r.study == "references" and (r.framework, r.output, r.k) == ("simclr", "head", 8)
+             and r.attack == "lira"]
+    scores = np.concatenate([r.samples.score for r in group])
+    members = np.concatenate([r.samples.is_member for r in group])
+    assert p.tpr_at_fpr["0.1"] == pytest.approx(metrics.tpr_at_fpr(scores, members, 0.1))
+
+
+def test_power_analysis_reads_the_variance_components_of_the_comparisons(results):
+    from lpla_fast.study import power
+
+    pw = results.power
+    assert pw.seeds == 3 and pw.n_members == 60 and pw.comparisons == 8
+    assert pw.detectable == pytest.approx(power.detectable_difference(pw.within, pw.between, 3))
+    for plan in pw.plans:
+        assert plan["detectable"] <= pw.target + 1e-12
+    # More members per target shrink the within-seed part: never more seeds needed.
+    assert [p["seeds"] for p in pw.plans] == sorted((p["seeds"] for p in pw.plans), reverse=True)
+
+
+def test_comparisons_round_trip_through_results_json(written, results, tmp_path):
+    from lpla_fast.study.results import load_results
+
+    results.save(str(tmp_path / "results.json"))
+    back = load_results(str(tmp_path), scores=False)
+    assert back.comparisons == results.comparisons and back.pooled == results.pooled and back.power == results.power
+    assert type(back.comparisons[0]).__name__ == "Comparison"
+
+
+def test_scores_parquet_reads_back_onto_the_records(written, results):
+    from lpla_fast.study.results import load_results
+
+    out = written[0]
+    results.save(str(out / "results.json"))
+    back = load_results(str(out))
+    scored = [r for r in results.records if r.metrics]
+    assert sum(r.samples is not None for r in back.records) == len(scored)
+    mine = next(r for r in back.records if r.study == "references" and r.metrics)
+    theirs = next(r for r in results.records if r.study == "references" and r.metrics)
+    np.testing.assert_array_equal(mine.samples.score, theirs.samples.score)
+
+
+def test_dp_sgd_defenses_show_the_empirical_epsilon_beside_the_accountants(written, results):
+    found = [e for e in results.empirical_epsilon if e.defense == "dp:8"]
+    assert {(e.framework, e.output) for e in found} == {(fw, o) for fw in FRAMEWORKS for o in ("backbone", "head")}
+    e = next(e for e in found if (e.framework, e.output) == ("simclr", "head"))
+    assert e.accountant == 8.0 and len(e.per_seed) == 3 and e.max_provable == pytest.approx(metrics.max_provable_epsilon(60, 60))
+    record = next(r for r in results.records if (r.framework, r.output, r.defense, r.seed) == ("simclr", "head", "dp:8", 0)
+                  and results_label(r) == e.attack)
+    assert e.per_seed[0] == pytest.approx(metrics.empirical_epsilon(record.samples.score, record.samples.is_member))
+    text = (written[0] / "report.md").read_text()
+    defenses = text[text.index("## Defenses"):text.index("## Figures")]
+    assert "accountant's ε" in defenses and "no attack can prove more than ε" in defenses
+    assert re.search(r"\| simclr \| dp:8 \| 3 \| .* \| 8 \| \d+\.\d\d, ", defenses)
+
+
+def results_label(record):
+    from lpla_fast.study.report_data import record_label
+
+    return record_label(record)

@@ -44,6 +44,38 @@ labels or gradients. Everything more specific is our own definition, and each ch
   target (step interpolation, conservative: with fewer than 1/FPR non-members it is the TPR before the
   first false positive). TPR at 1% and 0.1% FPR are the headline columns: an attack that is useful
   to an adversary finds some members with almost no false alarms.
+- **Low-FPR numbers need negatives**: TPR at FPR α is reported only when the evaluated set holds at
+  least ⌈10/α⌉ non-members (1,000 for 1 %, 10,000 for 0.1 %), so that the threshold rests on ten
+  false positives or more; otherwise the cell shows "—" and the count. The reference-calibrated
+  attacks' scores are comparable across targets, so their low-FPR numbers are also given **pooled**:
+  every seed's target in one evaluated set (labelled pooled, apart from the per-target means). ROC
+  curves are drawn down to FPR = 1/n only (n the curve's non-members).
+- **Paired comparisons**: every claim is a difference a − b of AUC. Two attacks are *paired* when they
+  scored the same target encoders on the same samples (same seed, same evaluated members and
+  non-members). Per seed the difference gets DeLong's variance for correlated ROC curves (DeLong et
+  al. 1988; computed from midranks in O(n log n), Sun & Xu 2014); across seeds, a *paired
+  hierarchical bootstrap*: resample the seeds, then within each chosen seed one resample of its
+  members and non-members, the same for both attacks, and average the differences. Comparisons of
+  different encoders (the architecture ladder, training-time defenses) are *unpaired*: each side's
+  seed mean is bootstrapped on its own (seeds, then samples) and the replicates subtracted. The
+  bootstrap's interval and p-value read its replicates as a normal distribution (estimate ± 1.96
+  standard errors). The p-values are Holm-adjusted over every comparison of the report. Verdict:
+  significant after Holm at 5 % ("wins"/"losses"; for a defense "leaks less"/"more"); else a **tie**
+  when the whole 95 % interval lies within ±0.02; else **undecided**.
+- **Power**: the mean over S seeds of paired differences has variance (between + within(n)) / S,
+  within(n) the per-seed DeLong variance of a difference at n members and n non-members (it falls as
+  1/n) and between the variance of the seeds' true differences (the spread of the per-seed
+  differences beyond within, at least 0), both averaged over the run's paired attack comparisons. A
+  two-sided test at α = 0.05 detects a difference Δ with 80 % power when
+  (z₀.₉₇₅ + z₀.₈) · √((between + within(n)) / S) ≤ Δ, i.e. S ≥ 7.85 (between + within(n)) / Δ². The
+  report states the Δ its own sizes detect, and sizes that reach Δ = 0.02 (before the Holm
+  adjustment, which asks for more).
+- **Empirical ε** (DP-SGD encoders): for every threshold of the strongest attack, Clopper–Pearson 95 %
+  bounds on its TPR and FPR; (ε, δ)-DP implies TPR ≤ e^ε FPR + δ and 1 − FPR ≤ e^ε (1 − TPR) + δ,
+  so ε ≥ max(log((TPR_lo − δ) / FPR_hi), log((1 − FPR_hi − δ) / (1 − TPR_lo))), δ = 10⁻⁵, the
+  largest over thresholds (as DP auditing does). It is a lower bound beside the accountant's upper
+  bound, and a small sample caps it: even a perfect attack proves only ε ≈ 3.5 with 128 members
+  and 128 non-members.
 - **Seeds and intervals**: every configuration is trained with several seeds, each drawing its own
   members and training randomness. A cell is the mean over seeds; its 95% interval comes from a
   hierarchical bootstrap: resample the seeds, then within each chosen seed resample its members and

@@ -24,10 +24,9 @@ import numpy as np
 
 from .. import metrics
 from ..fileio import replace_atomically
-from .results import AttackRecord, Results
+from .results import SCORES_FILE, AttackRecord, Results
 from .stats import variant
 
-SCORES_FILE = "scores.parquet"
 ROC_FOLDER = "roc"
 NPZ_STUDIES = ("main", "references")
 STRING_COLUMNS = ("framework", "backbone", "output", "study", "attack", "variant", "level", "defense", "evaluated")

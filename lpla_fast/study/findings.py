@@ -1,77 +1,57 @@
 """The report's "What this run shows": sentences computed from the numbers, never written in
-advance. Each one states the measured values with their intervals and what follows from them
-(an overlap of intervals is "no detectable difference")."""
+advance. It opens with the verdict of the paired comparisons (`study.comparisons`): wins,
+losses, ties and undecided."""
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List
 
-from .stats import SeedSummary, family, group_by_seed, is_reference, variant
-
-
-def _interval(s: SeedSummary, metric: str = "auc"):
-    return s.interval.get(metric) or (s.mean[metric], s.mean[metric])
+from .. import metrics
+from .comparisons import TIE_MARGIN
+from .stats import group_by_seed, is_reference, variant
 
 
-def _show(label: str, s: SeedSummary, metric: str = "auc") -> str:
-    lo, hi = _interval(s, metric)
-    return f"{label} {s.mean[metric]:.3f} [{lo:.3f}, {hi:.3f}]"
+def _count(found, verdict: str) -> int:
+    return sum(c.verdict == verdict for c in found)
 
 
-def compare(a: SeedSummary, b: SeedSummary, metric: str = "auc") -> str:
-    """"higher" / "lower" when a's interval lies wholly above / below b's, else "overlaps"."""
-    (alo, ahi), (blo, bhi) = _interval(a, metric), _interval(b, metric)
-    return "higher" if alo > bhi else "lower" if ahi < blo else "overlaps"
-
-
-def _best(data, groups, keep) -> Optional[tuple]:
-    """(label, summary) of the best group by mean AUC among those `keep` accepts."""
-    best = None
-    for g in groups:
-        s = data.summary(g)
-        if s is not None and keep(g[0]) and (best is None or s.auc > best[1].auc):
-            best = (data.labels[variant(g[0])], s)
-    return best
-
-
-def family_rows(data) -> List[list]:
-    """Per (K, output, framework): the strongest LpLA-family attack against the best baseline."""
-    rows = []
-    for k in dict.fromkeys([data.k, 1]):
-        records = data.headline(k)
-        for output in dict.fromkeys(r.output for r in records):
-            for fw in dict.fromkeys(r.framework for r in records):
-                groups = [g for g in group_by_seed(records).values() if (g[0].output, g[0].framework) == (output, fw)]
-                lpla = _best(data, groups, lambda r: family(r) == "lpla")
-                base = _best(data, groups, lambda r: family(r) == "baseline")
-                if lpla and base:
-                    rows.append([k, output, fw, lpla, base])
-    return rows
-
-
-def _attack_sentences(data) -> List[str]:
-    rows = family_rows(data)
-    if not rows:
+def verdict_sentences(data) -> List[str]:
+    """The run's verdict, from its comparisons (`study.comparisons`): wins, losses, ties."""
+    found = data.results.comparisons
+    if not found:
         return []
-    sentences, verdicts = [], {"higher": 0, "overlaps": 0, "lower": 0}
-    clear = [row for row in rows if max(_interval(row[3][1])[0], _interval(row[4][1])[0]) > 0.5]
-    for k, output, fw, (lname, ls), (bname, bs) in clear:
-        verdict = compare(ls, bs)
-        verdicts[verdict] += 1
-        word = {"higher": "above", "lower": "below", "overlaps": "overlapping"}[verdict]
-        sentences.append(f"K={k}, {output}, {fw}: {_show(lname, ls)} against {_show(bname, bs)}: {word}.")
-    head = (f"**LpLA against the other attacks.** In {len(clear)} of {len(rows)} (K, output, framework) points "
-            f"some attack's interval lies above chance. There the strongest LpLA-family attack (LpLA, the norm "
-            f"threshold, LiRA / RMIA over a norm statistic) lies above the best baseline (EncoderMI, kNN, and "
-            f"LiRA / RMIA over them) in {verdicts['higher']}, overlaps it in {verdicts['overlaps']} and lies below it "
-            f"in {verdicts['lower']}")
-    return [head + (":" if clear else ".")] + [f"  - {s}" for s in sentences]
+    out = []
+    attacks = [c for c in found if c.claim == "attack"]
+    if attacks:
+        wins = [f"{c.framework} {c.output} K={c.k} ({c.difference:+.3f})" for c in attacks if c.verdict == "higher"]
+        losses = [f"{c.framework} {c.output} K={c.k} ({c.difference:+.3f})" for c in attacks if c.verdict == "lower"]
+        out.append(f"**LpLA against the other attacks** (the strongest LpLA-family attack against the best baseline, "
+                   f"per framework × K × output): {_count(attacks, 'higher')} wins, {_count(attacks, 'lower')} losses, "
+                   f"{_count(attacks, 'tie')} ties and {_count(attacks, 'undecided')} undecided of {len(attacks)}"
+                   + (f"; wins: {', '.join(wins)}" if wins else "") + (f"; losses: {', '.join(losses)}" if losses else "")
+                   + ".")
+    defenses = [c for c in found if c.claim == "defense"]
+    if defenses:
+        helps = [f"{c.framework} {c.output} `{c.a}` ({c.difference:+.3f})" for c in defenses if c.verdict == "lower"]
+        out.append(f"**Defenses against none**: {_count(defenses, 'lower')} lower the leakage, "
+                   f"{_count(defenses, 'higher')} raise it, {_count(defenses, 'tie')} change it by less than "
+                   f"{TIE_MARGIN:g} and {_count(defenses, 'undecided')} are undecided of {len(defenses)}"
+                   + (f"; lower: {', '.join(helps)}" if helps else "") + ".")
+    ladder = [c for c in found if c.claim == "ladder"]
+    if ladder:
+        out.append(f"**Architecture ladder** (each step against the next narrower, unpaired: different encoders): "
+                   f"the wider leaks more in {_count(ladder, 'higher')}, less in {_count(ladder, 'lower')}, a tie in "
+                   f"{_count(ladder, 'tie')} and undecided in {_count(ladder, 'undecided')} of {len(ladder)}.")
+    return out
 
 
 def _tpr_sentences(data) -> List[str]:
     out = []
     for output in data.outputs:
         groups = [g for g in group_by_seed(data.headline(data.k)).values() if g[0].output == output]
+        counts = [r.metrics["n_nonmembers"] for g in groups for r in g if r.metrics]
+        if not counts or not metrics.supports_tpr(0.01, min(counts)):
+            continue  # too few non-members per target for TPR at 1% (the pooled table has them)
         ref = _best_tpr(data, groups, True)
         glob = _best_tpr(data, groups, False)
         if not (ref and glob):
@@ -138,18 +118,34 @@ def _defense_sentences(data) -> List[str]:
     return out
 
 
+def power_sentence(data) -> str:
+    """What this run can detect (`study.power`)."""
+    pw = data.results.power
+    if pw is None:
+        return ("Power: not computed (it needs paired attack comparisons over at least two seeds, with the "
+                "per-sample scores).")
+    plans = "; ".join(f"{p['members']} members and {p['seeds']} seeds" for p in pw.plans[:4])
+    return (f"Power: with {pw.n_members} members and {pw.n_nonmembers} non-members per target and {pw.seeds} seeds, "
+            f"the smallest paired AUC difference this run detects with {pw.power:.0%} power (two-sided α = "
+            f"{pw.alpha:g}, before the Holm adjustment) is **{pw.detectable:.3f}**. Variance components over its "
+            f"{pw.comparisons} paired attack comparisons: within a seed {pw.within:.2e} (DeLong, at these sizes), "
+            f"between seeds {pw.between:.2e}. Detecting {pw.target:g} needs, e.g., {plans} (see Definitions).")
+
+
 def section(data) -> str:
     from .stats import correlation_rows
 
-    lines = _attack_sentences(data)
+    verdict = verdict_sentences(data)
+    lines = [f"- {s}" for s in verdict]
+    if verdict:
+        lines.append(f"- {power_sentence(data)}")
     lines += [f"- {s}" for s in _tpr_sentences(data)]
     corr = correlation_sentence(data, correlation_rows(data.results))
     lines += [f"- {corr}"] if corr else []
     lines += [f"- {s}" for s in _defense_sentences(data)]
     if not lines:
         return ""
-    if lines and not lines[0].startswith("- "):
-        lines[0] = "- " + lines[0]
     return "\n".join(["## What this run shows", "",
-                      "Computed from the tables below (means over seeds, 95% intervals); overlapping intervals "
-                      "are no detectable difference.", ""] + lines) + "\n"
+                      "The verdict first: every claim is a paired comparison (see Paired comparisons), significant "
+                      f"after Holm's adjustment at 5 %, a tie when its interval lies within ±{TIE_MARGIN:g}, else "
+                      "undecided. Then sentences computed from the tables below.", ""] + lines) + "\n"

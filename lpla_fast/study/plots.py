@@ -16,7 +16,7 @@ import numpy as np
 from .. import metrics
 from ..fileio import replace_atomically
 from .report_data import ReportData, distinct, record_label
-from .results import AttackRecord, Results
+from .results import AttackRecord, Comparison, Results
 from .stats import SeedStats, dedupe, encoder_of, group_by_seed, is_reference, quality, variant
 
 MARKERS = "osD^vP*Xh<>"
@@ -44,13 +44,16 @@ def _yerr(mean: float, interval) -> list:
 
 def make_plots(results: Results, folder: str, stats: Optional[SeedStats] = None) -> List[str]:
     """Write every figure that the results support into `folder`; returns their file names:
-    roc-<framework>.png, leakage_vs_quality.png, privacy_utility.png, auc_vs_k.png, auc_vs_p.png."""
+    forest.png (first: the report's comparisons), roc-<framework>.png, leakage_vs_quality.png,
+    privacy_utility.png, auc_vs_k.png, auc_vs_p.png."""
     os.makedirs(folder, exist_ok=True)
     data = ReportData(results, stats)
     saved: List[str] = []
+    if results.comparisons:
+        forest_plot(results.comparisons, folder, saved)
     headline = [r for r in data.headline(data.k) if r.metrics]
     for fw in distinct(headline, "framework"):
-        roc_plot([r for r in headline if r.framework == fw], fw, folder, saved)
+        roc_plot([r for r in headline if r.framework == fw], fw, folder, saved, data)
     if any(e.feature_quality for e in results.targets()):
         quality_plot(data, folder, saved)
     frontier_plot(data, folder, saved)
@@ -70,29 +73,82 @@ def _curve(record: AttackRecord):
     return None
 
 
-def roc_plot(records: List[AttackRecord], framework: str, folder: str, saved: List[str]) -> None:
-    """ROC curves of every headline attack (global solid, reference-calibrated dashed), one panel
-    per output, on log-log axes; one seed (the first) per attack."""
+# The families a ROC panel shows one curve of (its strongest attack), by attack name.
+ROC_FAMILIES = (("LpLA", ("lpla", "norm")), ("EncoderMI", ("encodermi",)), ("kNN", ("knn",)), ("LiRA", ("lira",)),
+                ("RMIA", ("rmia",)))
+
+
+def _roc_family(record: AttackRecord) -> Optional[str]:
+    name = record.attack
+    return next((fam for fam, prefixes in ROC_FAMILIES if any(name.startswith(p) for p in prefixes)), None)
+
+
+def roc_plot(records: List[AttackRecord], framework: str, folder: str, saved: List[str],
+             data: Optional[ReportData] = None) -> None:
+    """ROC curves on log-log axes, one panel per output, of at most the strongest attack of each
+    family (LpLA, EncoderMI, kNN, LiRA, RMIA; by mean AUC over seeds; global solid,
+    reference-calibrated dashed) and chance; one seed (the first) per attack. Each curve stops at
+    FPR = 1/n, n its non-members: below that the data says nothing."""
     outputs = distinct(records, "output")
     fig, axes = _figure(1, len(outputs))
     for ax, output in zip(axes[0], outputs):
         n_out, seed = 1, min(r.seed for r in records)
-        for r in (r for r in records if r.output == output and r.seed == seed):
-            curve = _curve(r)
+        best: Dict[str, tuple] = {}
+        for g in group_by_seed(r for r in records if r.output == output).values():
+            fam = _roc_family(g[0])
+            summary = data.summary(g) if data is not None else None
+            auc = summary.auc if summary is not None else float(np.mean([r.auc for r in g if r.metrics] or [0]))
+            if fam is not None and (fam not in best or auc > best[fam][0]):
+                best[fam] = (auc, g)
+        for fam, _ in ROC_FAMILIES:
+            if fam not in best:
+                continue
+            r = next((r for r in best[fam][1] if r.seed == seed and r.metrics), None)
+            curve = _curve(r) if r is not None else None
             if curve is None:
                 continue
             fpr, tpr = curve
-            n_out = max(n_out, r.metrics["n_nonmembers"])
-            keep = fpr > 0  # log axes cannot show FPR = 0
+            n = r.metrics["n_nonmembers"]
+            n_out = max(n_out, n)
+            keep = fpr >= 1.0 / n - 1e-12  # log axes cannot show FPR = 0; below 1/n nothing was measured
             ax.step(fpr[keep], np.maximum(tpr[keep], 1e-4), where="post", linestyle="--" if is_reference(r) else "-",
                     label=f"{record_label(r)} (AUC {r.auc:.3f})")
         lo = 1.0 / n_out
         ax.plot([lo, 1], [lo, 1], color="0.6", linestyle=":", label="chance")
         ax.set(xscale="log", yscale="log", xlim=(lo, 1), ylim=(min(lo, 1e-2), 1.02), xlabel="false positive rate",
-               ylabel="true positive rate", title=f"{framework}: {output} output (seed {seed})")
+               ylabel="true positive rate", title=f"{framework}: {output} output (seed {seed}; FPR from 1/{n_out})")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
     _save(fig, folder, f"roc-{framework}.png", saved)
+
+
+def forest_plot(comparisons: List[Comparison], folder: str, saved: List[str]) -> None:
+    """Each comparison's difference (a - b) with its 95% interval, a line at 0 and the tie band
+    +-TIE_MARGIN shaded; filled markers where significant after Holm's adjustment."""
+    from .comparisons import TIE_MARGIN
+
+    n = len(comparisons)
+    fig, axes = _figure(1, 1, width=9.0, height=max(2.5, 0.24 * n + 1.2))
+    ax = axes[0][0]
+    ax.axvspan(-TIE_MARGIN, TIE_MARGIN, color="0.85", label=f"tie band ±{TIE_MARGIN:g}")
+    ax.axvline(0.0, color="0.3", linewidth=1)
+    colours = {"attack": "C0", "defense": "C3", "ladder": "C2"}
+    labels = []
+    for i, c in enumerate(comparisons):
+        y = n - 1 - i
+        significant = c.verdict in ("higher", "lower")
+        ax.errorbar([c.difference], [y], xerr=[[c.difference - c.low], [c.high - c.difference]], fmt="o",
+                    color=colours.get(c.claim, "C7"), capsize=2, markersize=4,
+                    markerfacecolor=colours.get(c.claim, "C7") if significant else "white")
+        what = f"{c.a} − {c.b}" if c.claim == "attack" else f"{c.attack}: {c.a} − {c.b}"
+        labels.append(f"{c.claim}: {c.framework} {c.output} K={c.k}: {what}" + ("" if c.paired else " (unpaired)"))
+    ax.set_yticks(range(n - 1, -1, -1), labels, fontsize=6)
+    ax.set_ylim(-0.8, n - 0.2)
+    ax.set(xlabel="AUC a − b, 95% interval (filled: significant, Holm)",
+           title="Paired comparisons of the report")
+    ax.grid(True, axis="x", alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    _save(fig, folder, "forest.png", saved)
 
 
 def _widest(groups: Dict[tuple, List[AttackRecord]], data: ReportData) -> Optional[str]:
@@ -109,7 +165,7 @@ def _widest(groups: Dict[tuple, List[AttackRecord]], data: ReportData) -> Option
 
 
 def quality_plot(data: ReportData, folder: str, saved: List[str]) -> None:
-    """Leakage (AUC, TPR at 1% FPR) of one attack against linear-probe accuracy: a small point per
+    """Leakage (AUC, TPR at the lowest FPR the data supports) of one attack against linear-probe accuracy: a small point per
     (encoder, seed), a large one per configuration at its seed means with across-seed intervals;
     colour = architecture, marker = framework."""
     points = dedupe(r for r in data.results.records if r.study in ("main", "references", "ladder") and r.metrics
@@ -119,16 +175,17 @@ def quality_plot(data: ReportData, folder: str, saved: List[str]) -> None:
         return
     colours = {a: f"C{i % 10}" for i, a in enumerate(distinct(points, "architecture"))}
     markers = {f: MARKERS[i % len(MARKERS)] for i, f in enumerate(distinct(points, "framework"))}
-    fig, axes = _figure(len(outputs), 2)
+    panels = _panels(points)
+    fig, axes = _figure(len(outputs), len(panels))
     for row, output in enumerate(outputs):
         groups = group_by_seed(r for r in points if r.output == output)
         name = _widest(groups, data)
-        for col, (metric, ylabel) in enumerate((("auc", "AUC"), ("0.01", "TPR at 1% FPR"))):
+        for col, (metric, ylabel) in enumerate(panels):
             ax = axes[row][col]
             for g in (g for g in groups.values() if variant(g[0]) == name):
                 qs = [quality(encoder_of(data.results, r)) for r in g]
                 xs = [q["linear_probe"] for q in qs if q]
-                ys = [r.auc if metric == "auc" else r.tpr_at(0.01) for r, q in zip(g, qs) if q]
+                ys = [r.auc if metric == "auc" else r.tpr_at(float(metric)) for r, q in zip(g, qs) if q]
                 if not xs:
                     continue
                 style = dict(color=colours[g[0].architecture], marker=markers[g[0].framework])
@@ -143,6 +200,14 @@ def quality_plot(data: ReportData, folder: str, saved: List[str]) -> None:
             ax.grid(True, alpha=0.3)
     _legend(fig, axes[0][0], colours, markers)
     _save(fig, folder, "leakage_vs_quality.png", saved)
+
+
+def _panels(records: List[AttackRecord]) -> List[tuple]:
+    """(metric, label) of each column: AUC, then TPR at the lowest FPR of 1% and 10% that every
+    record's non-members support (`metrics.min_negatives`); AUC alone where neither is."""
+    n = min((r.metrics["n_nonmembers"] for r in records if r.metrics), default=0)
+    low = next((fpr for fpr in (0.01, 0.1) if metrics.supports_tpr(fpr, n)), None)
+    return [("auc", "AUC")] + ([(f"{low:g}", f"TPR at {low:.0%} FPR")] if low else [])
 
 
 def _legend(fig, ax, colours: dict, markers: dict) -> None:
@@ -162,19 +227,20 @@ def _frontier(xs: List[float], ys: List[float]) -> List[int]:
 
 def frontier_plot(data: ReportData, folder: str, saved: List[str]) -> None:
     """Privacy-utility frontier of the defenses: probe accuracy against the strongest attack's
-    AUC and TPR at 1% FPR, a point per (framework, defense) at its seed means, the undefended
+    AUC and TPR at the lowest FPR the data supports (`_panels`), a point per (framework, defense) at its seed means, the undefended
     release included; the non-dominated points are joined and ringed."""
     defended = [r for r in data.defended() if r.metrics]
     if not defended:
         return
     outputs = distinct(defended, "output")
-    fig, axes = _figure(len(outputs), 2)
+    panels = _panels(defended + data.undefended())
+    fig, axes = _figure(len(outputs), len(panels))
     for row, output in enumerate(outputs):
         name = data.strongest.get(output)
         pool = [r for r in defended + data.undefended() if r.output == output and variant(r) == name]
         groups = list(group_by_seed(pool).values())
         missing = 0
-        for col, (metric, ylabel) in enumerate((("auc", "AUC"), ("0.01", "TPR at 1% FPR"))):
+        for col, (metric, ylabel) in enumerate(panels):
             ax, xs, ys, labels = axes[row][col], [], [], []
             for g in groups:
                 qs = [q for r in g if (q := quality(encoder_of(data.results, r), r.defense))]

@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 from typing import Dict, Iterable, List, Optional
 
+from .. import metrics
 from ..fileio import write_text
-from . import exports, findings, html, plots
+from . import comparisons, exports, findings, html, plots, power
 from .definitions import DEFINITIONS
 from .report_data import ReportData, distinct, n_bootstrap, record_label, study_value
 from .results import AttackRecord, Results
@@ -38,6 +39,15 @@ def _cell(summary: Optional[SeedSummary], metric: str = "auc") -> str:
     ci = summary.interval.get(metric)
     value = summary.mean[metric]
     return f"{value:.3f}" if not ci else f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def _rate_cell(summary: Optional[SeedSummary], records: List[AttackRecord], metric: str) -> str:
+    """A TPR cell under the count rule (`metrics.min_negatives`): "—" with the evaluated
+    non-members where they are too few for this FPR."""
+    counts = [r.metrics["n_nonmembers"] for r in records if r.metrics]
+    if counts and not metrics.supports_tpr(float(metric), min(counts)):
+        return f"— (n={min(counts)})"
+    return _cell(summary, metric)
 
 
 def _table(header: Iterable[str], rows: Iterable[Iterable[str]]) -> str:
@@ -100,7 +110,7 @@ def _attack_rows(data: ReportData, records: List[AttackRecord], output: str) -> 
             if s is None:
                 rows.append([fw, record_label(g[0]), "0", f"n/a ({g[0].skipped})", "—", "—"])
                 continue
-            rows.append([fw, record_label(g[0]), str(s.n_seeds), _cell(s)] + [_cell(s, m) for m, _ in FPR_COLUMNS])
+            rows.append([fw, record_label(g[0]), str(s.n_seeds), _cell(s)] + [_rate_cell(s, g, m) for m, _ in FPR_COLUMNS])
     return rows
 
 
@@ -151,8 +161,9 @@ def _tradeoff(data: ReportData) -> str:
                 row = [f"`{arch}`", fw, str(len({r.seed for r in cell})), _quality_cell(data, cell, "linear_probe"),
                        _quality_cell(data, cell, "knn")]
                 for v in chosen:
-                    s = data.summary([r for r in cell if variant(r) == v])
-                    row += [_cell(s), _cell(s, "0.01")]
+                    g = [r for r in cell if variant(r) == v]
+                    s = data.summary(g)
+                    row += [_cell(s), _rate_cell(s, g, "0.01")]
                 rows.append(row)
         title = "Architecture ladder" if ladder else "Quality beside leakage"
         lines += [f"### {title}: {output} output", "", _table(header, rows), ""]
@@ -240,6 +251,8 @@ def _defenses(data: ReportData) -> str:
         header = ["framework", "defense", "seeds", "linear probe"]
         for v in chosen:
             header += [f"{data.labels[v]} AUC", "TPR@1% FPR"]
+        dp = any(e.output == output for e in data.results.empirical_epsilon)
+        header += ["accountant's ε", "empirical ε ≥ (per seed)"] if dp else []
         rows = []
         for fw in distinct(mine, "framework"):
             for defense in [None] + distinct([r for r in mine if r.framework == fw and r.defense], "defense"):
@@ -250,17 +263,102 @@ def _defenses(data: ReportData) -> str:
                 row = [fw, defense or "none", str(len({r.seed for r in pool})),
                        _quality_cell(data, pool, "linear_probe")]
                 for v in chosen:
-                    s = data.summary([r for r in pool if variant(r) == v])
-                    row += [_cell(s), _cell(s, "0.01")]
+                    g = [r for r in pool if variant(r) == v]
+                    s = data.summary(g)
+                    row += [_cell(s), _rate_cell(s, g, "0.01")]
+                row += _epsilon_cells(data, fw, output, defense) if dp else []
                 rows.append(row)
         lines += [f"### Output: {output}", "", _table(header, rows), ""]
+        if dp:
+            e = next(e for e in data.results.empirical_epsilon if e.output == output)
+            lines += [f"Empirical ε: the lower bound that {e.attack} proves on each DP-SGD encoder (Clopper–Pearson "
+                      f"95 % bounds on TPR and FPR, δ = {e.delta:g}; see Definitions). With {e.n_members} members and "
+                      f"{e.n_nonmembers} non-members no attack can prove more than ε = {e.max_provable:.2f}.", ""]
+    return "\n".join(lines)
+
+
+def _epsilon_cells(data: ReportData, framework: str, output: str, defense: Optional[str]) -> List[str]:
+    e = next((e for e in data.results.empirical_epsilon
+              if (e.framework, e.output, e.defense) == (framework, output, defense)), None)
+    if e is None:
+        return ["—", "—"]
+    return [f"{e.accountant:g}", ", ".join(f"{x:.2f}" for x in e.per_seed)]
+
+
+VERDICT_WORDS = {"attack": {"higher": "LpLA family wins", "lower": "baseline wins", "tie": "tie",
+                            "undecided": "undecided"},
+                 "defense": {"higher": "leaks more", "lower": "leaks less", "tie": "tie", "undecided": "undecided"},
+                 "ladder": {"higher": "wider leaks more", "lower": "wider leaks less", "tie": "tie",
+                            "undecided": "undecided"}}
+CLAIMS = {"attack": "strongest LpLA-family attack − best baseline",
+          "defense": "defended − undefended (the defense table's strongest attack)",
+          "ladder": "wider − narrower architecture (the ladder's strongest attack)"}
+
+
+def _p(p: Optional[float]) -> str:
+    return "—" if p is None else ("<0.001" if p < 0.001 else f"{p:.3f}")
+
+
+def _comparisons(data: ReportData) -> str:
+    found = data.results.comparisons
+    if not found:
+        return ""
+    lines = ["## Paired comparisons", ""]
+    if "forest.png" in data.results.plots:
+        lines += ["![forest](plots/forest.png)", ""]
+    lines += [f"Every claim of this report as a difference a − b of AUC (means over seeds) with its 95 % interval, "
+              f"its p-value and the p-value Holm-adjusted over all {len(found)} comparisons. Verdict: significant "
+              f"after Holm at {comparisons.ALPHA:g}, else a tie when the whole interval lies within "
+              f"±{comparisons.TIE_MARGIN:g}, else undecided. Paired (same targets, same samples): DeLong per seed, a "
+              f"paired hierarchical bootstrap across seeds; unpaired (different encoders): the difference of the seed "
+              f"means, each side bootstrapped on its own.", ""]
+    for claim in ("attack", "defense", "ladder"):
+        mine = [c for c in found if c.claim == claim]
+        if not mine:
+            continue
+        rows = [[c.framework, c.output, str(c.k)] + ([c.attack] if claim != "attack" else [])
+                + [f"{c.a} − {c.b}", f"{c.a_value:.3f} − {c.b_value:.3f}",
+                   f"{c.difference:+.3f} [{c.low:+.3f}, {c.high:+.3f}]", _p(c.p_value), _p(c.p_holm),
+                   f"{c.method} ({c.seeds} seed{'s' if c.seeds > 1 else ''})", VERDICT_WORDS[claim][c.verdict]]
+                for c in mine]
+        header = ["framework", "output", "K"] + (["attack"] if claim != "attack" else []) + [
+            "a − b", "AUC a − AUC b", "difference [95%]", "p", "p (Holm)", "method", "verdict"]
+        lines += [f"### {CLAIMS[claim]}", "", _table(header, rows), ""]
+    lines += [findings.power_sentence(data), ""]
+    return "\n".join(lines)
+
+
+def _pooled(data: ReportData) -> str:
+    """Low-FPR numbers of the strongest reference-calibrated attack per framework and K, pooled over
+    targets (every attack's are in results.json)."""
+    pooled = data.results.pooled
+    if not pooled:
+        return ""
+    keys = sorted({key for p in pooled for key in p.tpr_at_fpr}, key=float, reverse=True)
+    lines = ["## Low-FPR numbers pooled over targets", "",
+             "The reference-calibrated attacks' scores are comparable across targets (LiRA pools over many), so "
+             "every seed's target is pooled into one evaluated set. TPR at an FPR α is shown only where the set "
+             f"holds at least ⌈10/α⌉ non-members (else — and the count). Labelled pooled: not a per-target mean.", ""]
+    for output in distinct(pooled, "output"):
+        best = {}  # per (framework, K): the attack with the highest pooled AUC
+        for p in (p for p in pooled if p.output == output):
+            if (p.framework, p.k) not in best or p.auc > best[(p.framework, p.k)].auc:
+                best[(p.framework, p.k)] = p
+        rows = [[p.framework, f"K={p.k}", p.label, str(p.seeds), f"{p.n_members} / {p.n_nonmembers}", f"{p.auc:.3f}"]
+                + [f"{p.tpr_at_fpr[key]:.3f}" if p.tpr_at_fpr.get(key) is not None else f"— (n={p.n_nonmembers})"
+                   for key in keys]
+                for p in best.values()]
+        lines += [f"### Output: {output} (pooled)", "",
+                  _table(["framework", "K", "attack", "seeds", "members / non-members", "pooled AUC"]
+                         + [f"pooled TPR@{float(key):.1%} FPR".replace(".0%", "%") for key in keys], rows), ""]
     return "\n".join(lines)
 
 
 def _figures(results: Results) -> str:
     if not results.plots:
         return ""
-    return "## Figures\n\n" + "\n\n".join(f"![{name}](plots/{name})" for name in results.plots) + "\n"
+    names = [name for name in results.plots if name != "forest.png"]  # shown with the comparisons
+    return "## Figures\n\n" + "\n\n".join(f"![{name}](plots/{name})" for name in names) + "\n" if names else ""
 
 
 def _timings(results: Results) -> str:
@@ -302,10 +400,10 @@ def render_report(results: Results, stats: Optional[SeedStats] = None) -> str:
     data = ReportData(results, stats)
     refs = " and reference encoders" if any(map(is_reference, results.records)) else ""
     level = study_value(results, "level", "shadow")
-    parts = [_header(data), findings.section(data), _tradeoff(data),
+    parts = [_header(data), findings.section(data), _comparisons(data), _tradeoff(data),
              _headline(data, data.k, f"## Attacks (K={data.k}, knowledge `{level}`{refs})"),
              _headline(data, 1, "## Attacks at K=1 (one query: the clean image)") if data.k != 1 else "",
-             _sweeps(data), _defenses(data), _figures(results), DEFINITIONS, _timings(results), _files(results)]
+             _pooled(data), _sweeps(data), _defenses(data), _figures(results), DEFINITIONS, _timings(results), _files(results)]
     return "\n".join(p for p in parts if p)
 
 
@@ -313,11 +411,24 @@ def write_report(results: Results, path: str, stats: Optional[SeedStats] = None)
     write_text(path, render_report(results, stats))
 
 
+def analyse(results: Results, stats: SeedStats) -> None:
+    """The comparisons, pooled low-FPR numbers, power and empirical epsilons of a run, into its
+    Results. They need the per-sample scores: results read back without them keep what they hold."""
+    if results.comparisons and not any(r.samples is not None for r in results.records):
+        return
+    data = ReportData(results, stats)
+    results.comparisons = comparisons.comparisons(data)
+    results.pooled = comparisons.pooled(data)
+    results.power = power.analyse(results.comparisons)
+    results.empirical_epsilon = comparisons.empirical_epsilons(data)
+
+
 def write_all(results: Results, out_dir: str) -> Dict[str, List[str]]:
     """Every output of a run beside its results.json: plots/*.png, report.md, report.html,
-    scores.parquet and roc/*.npz. Sets `results.plots`. Returns {"plots", "report", "exports"}:
+    scores.parquet and roc/*.npz. Sets `results.plots` and the comparisons (`analyse`). Returns {"plots", "report", "exports"}:
     the written paths (plots as names inside plots/, the others relative to out_dir)."""
     stats = SeedStats(n_bootstrap=n_bootstrap(results), seed=study_value(results, "seed", 0))
+    analyse(results, stats)
     results.plots = plots.make_plots(results, os.path.join(out_dir, "plots"), stats)
     text = render_report(results, stats)
     write_text(os.path.join(out_dir, "report.md"), text)

@@ -293,6 +293,18 @@ PRESETS: Dict[str, dict] = {
                     seeds=4, references=2, ladder=("small_cnn-8", "small_cnn-16"),
                     release_defenses=("normalize", "noise:0.1", "noise:0.3", "quantize:4", "truncate:32"),
                     train_defenses=("epochs:0.33", "weight_decay:0.001")),
+    # The verdicts with more power (`study.power`): SimCLR's head output at the default's recipe and
+    # 128 members per target, 20 seeds (each target the others' reference), only what the verdicts
+    # need: the strongest attacks of each family at K = 8 and K = 1, no ladder, defenses or sweeps.
+    # It detects a paired AUC difference of 0.026 with 80 % power (0.02 needs 34 seeds; README).
+    "power": dict(frameworks=("simclr",), outputs=("head",),
+                  sizes=SplitSizes(target_members=128, target_nonmembers=128, shadow_members=128,
+                                   shadow_nonmembers=128, reference=200, probe_train=600, probe_test=485),
+                  seeds=20, references=2,
+                  study=StudyConfig(attacks=("lpla", "encodermi-t", "knn"), ks=(1,), ps=(), levels=(),
+                                    sweep_attacks=("lpla", "encodermi-t", "knn"), characteristics=(),
+                                    reference_attacks=("rmia",),
+                                    reference_statistics=("lpla", "encodermi", "knn", "resultant"))),
     "full": dict(seeds=8, references=6, ladder=("small_cnn-8", "small_cnn-16", "small_cnn-64", "deep_cnn-32",
                                                  "resnet18", "vit_small"),
                  ladder_seeds=2, defense_seeds=2,

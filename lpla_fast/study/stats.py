@@ -168,24 +168,115 @@ def seed_summary(records: List[AttackRecord], n_bootstrap: int = 1000, seed: int
             summary.method = "per-seed interval"
             summary.interval = dict(zip(SUMMARY_METRICS, stored))
         return summary
-    rng = np.random.default_rng([seed, zlib.crc32(repr(group_key(scored[0])).encode())])
-    S = len(scored)
-    chosen = rng.integers(0, S, size=(n_bootstrap, S))
-    if with_samples:
-        within = []
-        for r in scored:
-            reps = metrics.bootstrap_metrics(r.samples.score, r.samples.is_member, min(n_bootstrap, within_replicates),
-                                             seed=int(rng.integers(2 ** 31)))
-            within.append(np.stack([reps[m] for m in SUMMARY_METRICS], axis=1))
-        draws = rng.integers(0, within[0].shape[0], size=(n_bootstrap, S))
-        replicates = np.stack(within)[chosen, draws].mean(axis=1)
-        summary.method = "seeds+samples" if S > 1 else "samples"
-    else:
-        replicates = points[chosen].mean(axis=1)
-        summary.method = "seeds"
+    replicates = seed_replicates(scored, n_bootstrap, seed, within_replicates)
+    summary.method = ("seeds+samples" if len(scored) > 1 else "samples") if with_samples else "seeds"
     lo, hi = np.percentile(replicates, [2.5, 97.5], axis=0)
     summary.interval = {m: (float(lo[i]), float(hi[i])) for i, m in enumerate(SUMMARY_METRICS)}
     return summary
+
+
+def _rng(records: List[AttackRecord], seed: int) -> np.random.Generator:
+    """The bootstrap's generator for one configuration: deterministic for its key and `seed`."""
+    return np.random.default_rng([seed, zlib.crc32(repr(group_key(records[0])).encode())])
+
+
+def _over_seeds(within: np.ndarray, chosen: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Hierarchical replicates (B, ...): for each replicate the chosen seeds (B, S) and, for each
+    chosen seed, one of its within-seed resamples within[s, r] drawn at random; their mean."""
+    draws = rng.integers(0, within.shape[1], size=chosen.shape)
+    return within[chosen, draws].mean(axis=1)
+
+
+def seed_replicates(scored: List[AttackRecord], n_bootstrap: int, seed: int = 0,
+                    within_replicates: int = WITHIN_REPLICATES) -> np.ndarray:
+    """(n_bootstrap, len(SUMMARY_METRICS)) hierarchical-bootstrap replicates of the mean over the
+    scored records' seeds: seeds resampled, then each chosen seed's members and non-members
+    (one of its `within_replicates` stratified resamples); the seeds' point values alone when a
+    record lacks its per-sample scores."""
+    rng = _rng(scored, seed)
+    S = len(scored)
+    chosen = rng.integers(0, S, size=(n_bootstrap, S))
+    if not all(r.samples is not None for r in scored):
+        points = np.array([[_point(r, m) for m in SUMMARY_METRICS] for r in scored])
+        return points[chosen].mean(axis=1)
+    within = []
+    for r in scored:
+        reps = metrics.bootstrap_metrics(r.samples.score, r.samples.is_member, min(n_bootstrap, within_replicates),
+                                         seed=int(rng.integers(2 ** 31)))
+        within.append(np.stack([reps[m] for m in SUMMARY_METRICS], axis=1))
+    return _over_seeds(np.stack(within), chosen, rng)
+
+
+# --- paired differences of two configurations over their seeds ----------------------------------
+
+def _aligned(a: AttackRecord, b: AttackRecord):
+    """(scores_a, scores_b, is_member) on the samples both scored, when a and b scored exactly the
+    same samples (same ids, same truth); else None."""
+    if a.samples is None or b.samples is None:
+        return None
+    ia, ib = np.argsort(a.samples.sample, kind="stable"), np.argsort(b.samples.sample, kind="stable")
+    same = (np.array_equal(a.samples.sample[ia], b.samples.sample[ib])
+            and np.array_equal(a.samples.is_member[ia], b.samples.is_member[ib]))
+    return (a.samples.score[ia], b.samples.score[ib], a.samples.is_member[ia]) if same else None
+
+
+def _metric_key(metric: str) -> str:
+    return "auc" if metric == "auc" else f"{float(metric):g}"
+
+
+def paired_seed_difference(records_a: List[AttackRecord], records_b: List[AttackRecord], metric: str = "auc",
+                           n_bootstrap: int = 1000, seed: int = 0, within_replicates: int = WITHIN_REPLICATES,
+                           ) -> Tuple[Optional[metrics.PairedDifference], List[metrics.PairedDifference]]:
+    """The paired difference of two configurations scored on the same targets and samples: the
+    mean over seeds of metric(a) - metric(b), and each seed's own paired difference (DeLong for
+    the AUC, the paired bootstrap for a TPR).
+
+    One seed: that seed's difference. Several: a paired hierarchical bootstrap (seeds resampled,
+    then within each chosen seed the same resample of members and non-members for both).
+    Returns (None, []) when no seed pairs up (the caller then compares them unpaired)."""
+    by_seed = {r.seed: r for r in records_b if r.metrics}
+    pairs = [(a, by_seed[a.seed]) for a in records_a if a.metrics and a.seed in by_seed]
+    aligned = [_aligned(a, b) for a, b in pairs]
+    if not pairs or any(x is None for x in aligned):
+        return None, []
+    key = _metric_key(metric)
+    rng = _rng([pairs[0][0]], seed)
+    per_seed, within = [], []
+    for (sa, sb, y) in aligned:
+        if key == "auc":
+            per_seed.append(metrics.paired_delong(sa, sb, y))
+        else:
+            per_seed.append(metrics.paired_tpr_bootstrap(sa, sb, y, float(key), within_replicates,
+                                                         seed=int(rng.integers(2 ** 31))))
+    if len(pairs) == 1:
+        return per_seed[0], per_seed
+    for (sa, sb, y) in aligned:
+        ra, rb = metrics.paired_bootstrap_metrics(sa, sb, y, min(n_bootstrap, within_replicates),
+                                                  seed=int(rng.integers(2 ** 31)), fpr_targets=metrics.FPR_TARGETS)
+        within.append(ra[key] - rb[key])
+    chosen = rng.integers(0, len(pairs), size=(n_bootstrap, len(pairs)))
+    replicates = _over_seeds(np.stack(within), chosen, rng)
+    a_mean = float(np.mean([d.a for d in per_seed]))
+    b_mean = float(np.mean([d.b for d in per_seed]))
+    return metrics.bootstrap_difference(a_mean - b_mean, replicates, a_mean, b_mean,
+                                        "paired hierarchical bootstrap"), per_seed
+
+
+def unpaired_seed_difference(records_a: List[AttackRecord], records_b: List[AttackRecord], metric: str = "auc",
+                             n_bootstrap: int = 1000, seed: int = 0) -> Optional[metrics.PairedDifference]:
+    """The difference of two configurations' seed means when they were not scored on the same
+    targets and samples (e.g. two encoders of the architecture ladder): each side's hierarchical
+    bootstrap drawn independently, the replicates subtracted."""
+    a = [r for r in records_a if r.metrics]
+    b = [r for r in records_b if r.metrics]
+    if not a or not b:
+        return None
+    column = SUMMARY_METRICS.index(_metric_key(metric))
+    reps_a = seed_replicates(a, n_bootstrap, seed)[:, column]
+    reps_b = seed_replicates(b, n_bootstrap, seed)[:, column]
+    a_mean = float(np.mean([_point(r, _metric_key(metric)) for r in a]))
+    b_mean = float(np.mean([_point(r, _metric_key(metric)) for r in b]))
+    return metrics.bootstrap_difference(a_mean - b_mean, reps_a - reps_b, a_mean, b_mean, "unpaired bootstrap")
 
 
 class SeedStats:
