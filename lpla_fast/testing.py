@@ -94,3 +94,29 @@ def bench_rows(default: int = 262_144) -> int:
     if rows <= 0:
         raise ValueError(f"LPLA_BENCH_ROWS must be a positive integer, got LPLA_BENCH_ROWS={value!r}")
     return rows
+
+
+def random_images(n: int, seed: int = 0, size: int = 16):
+    """n random uint8 RGB images (n, size, size, 3), as image files hold them (tests of the image sources)."""
+    import numpy as np
+
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+def png_bytes(image) -> bytes:
+    """One (H, W, 3) uint8 image encoded as a PNG file's bytes."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_image_folder(root, images) -> None:
+    """An ImageFolder of PNGs under `root` (pathlib.Path): two classes, image i in class{i % 2}/img{i:04d}.png."""
+    for i, image in enumerate(images):
+        folder = root / f"class{i % 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"img{i:04d}.png").write_bytes(png_bytes(image))

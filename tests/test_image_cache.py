@@ -17,27 +17,12 @@ from lpla_fast.encoders import CacheRows, TrainConfig, build_encoder, query_view
 from lpla_fast.encoders.parallel import TrainJob, train_encoders
 from lpla_fast.streaming import ShardError
 from lpla_fast.streaming.cache import build_image_cache, open_image_cache
+from lpla_fast.testing import png_bytes, random_images, write_image_folder
 
 S = 16
 
 
-def random_images(n, seed=0, size=S):
-    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
 
-
-def png_bytes(image):
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def write_folder(root, images):
-    for i, image in enumerate(images):
-        sub = root / f"class{i % 2}"
-        sub.mkdir(parents=True, exist_ok=True)
-        (sub / f"img{i:04d}.png").write_bytes(png_bytes(image))
 
 
 def write_tar(path, blobs):
@@ -71,7 +56,7 @@ def test_every_source_kind_is_cached_in_source_order_with_ids(tmp_path):
 
 def test_image_folder_ids_are_relative_paths_and_images_are_resized(tmp_path):
     images = random_images(6, size=20)
-    write_folder(tmp_path / "src", images)
+    write_image_folder(tmp_path / "src", images)
     cache = build_image_cache(str(tmp_path / "src"), str(tmp_path / "cache"), S, progress=False)
     assert cache.images.shape == (6, 3, S, S)
     assert cache.ids[0] == os.path.join("class0", "img0000.png") and cache.ids[1] == os.path.join("class0", "img0002.png")
@@ -134,7 +119,7 @@ def test_a_folder_without_meta_is_no_cache(tmp_path):
 
 def test_a_bad_image_stops_the_build_naming_it_or_is_skipped_and_recorded(tmp_path):
     images = random_images(7)
-    write_folder(tmp_path / "src", images)
+    write_image_folder(tmp_path / "src", images)
     (tmp_path / "src" / "class1" / "broken.png").write_bytes(b"")
     with pytest.raises(ShardError, match="broken.png"):
         build_image_cache(str(tmp_path / "src"), str(tmp_path / "cache"), S, progress=False)

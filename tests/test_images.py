@@ -20,6 +20,7 @@ from lpla_fast.encoders import TrainConfig, build_encoder, load_encoder, query_v
 from lpla_fast.encoders.pooling import pooled_lpla_score
 from lpla_fast.streaming import ScoreConfig, ShardError, read_scores, score_shards
 from lpla_fast.streaming.images import to_float_images
+from lpla_fast.testing import png_bytes, random_images, write_image_folder
 
 S = 16  # image side
 K = 3
@@ -50,16 +51,6 @@ def calib_path(tmp_path, encoder_dir):
     return str(path)
 
 
-def random_images(n, seed=0, size=S):
-    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
-
-
-def png_bytes(image):
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def write_tar(path, images, prefix="s"):
@@ -70,12 +61,6 @@ def write_tar(path, images, prefix="s"):
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
 
-
-def write_folder(root, images):
-    for i, image in enumerate(images):
-        sub = root / f"class{i % 2}"
-        sub.mkdir(parents=True, exist_ok=True)
-        (sub / f"img{i:04d}.png").write_bytes(png_bytes(image))
 
 
 def write_parquet_images(path, images, with_paths=True):
@@ -113,7 +98,7 @@ def test_every_source_scores_like_query_views(tmp_path, encoder_dir, calib_path,
     if layout == "npy":
         np.save(src / "a.npy", images)
     elif layout == "folder":
-        write_folder(src, images)
+        write_image_folder(src, images)
         order = sorted(range(70), key=lambda i: f"class{i % 2}/img{i:04d}.png")
         images = images[order]
     elif layout == "parquet":
@@ -346,7 +331,7 @@ def _cli_run(*args):
 
 
 def test_a_folder_with_one_empty_png_scores_the_others_with_skip_bad_images(tmp_path, encoder_dir, calib_path):
-    write_folder(tmp_path / "src", random_images(40, seed=12))
+    write_image_folder(tmp_path / "src", random_images(40, seed=12))
     (tmp_path / "src" / "class1" / "empty.png").write_bytes(b"")
     base = ["score", "--calibration", calib_path, "--encoder", encoder_dir, "--images", str(tmp_path / "src"),
             "--K", str(K), "--batch-rows", "32", "--no-progress"]
@@ -409,7 +394,7 @@ def test_a_truncated_jpeg_in_a_tar_and_a_corrupt_parquet_cell_are_left_out_alone
 
 
 def test_skipped_images_resume_exactly_once(tmp_path, encoder_dir, calib_path):
-    write_folder(tmp_path / "src", random_images(70, seed=14))
+    write_image_folder(tmp_path / "src", random_images(70, seed=14))
     (tmp_path / "src" / "class0" / "img0003.png").write_bytes(b"\x89PNG broken")
     _, reference = score(tmp_path, encoder_dir, tmp_path / "src", out="ref", calib=calib_path, skip_bad_images=True)
     _, out = score(tmp_path, encoder_dir, tmp_path / "src", out="out", calib=calib_path, skip_bad_images=True)
@@ -425,7 +410,7 @@ def test_skipped_images_resume_exactly_once(tmp_path, encoder_dir, calib_path):
 
 
 def test_embed_with_skip_bad_images_writes_the_good_images_only(tmp_path, encoder_dir):
-    write_folder(tmp_path / "src", random_images(20, seed=15))
+    write_image_folder(tmp_path / "src", random_images(20, seed=15))
     (tmp_path / "src" / "class0" / "empty.png").write_bytes(b"")
     done = _cli_run("embed", "--checkpoint", encoder_dir, "--images", str(tmp_path / "src"), "--K", str(K),
                     "--out", str(tmp_path / "emb"), "--no-progress", "--skip-bad-images")
