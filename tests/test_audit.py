@@ -212,6 +212,26 @@ def test_external_weights_in_lightning_nesting_load_into_a_torchvision_model(tmp
     assert target.preprocessing.image_size == 32 and target.encoder.embed_dim() == 512
 
 
+def tiny_factory_encoder():
+    """A model a user's own package would return: `python:test_audit:tiny_factory_encoder`."""
+    torch.manual_seed(3)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1))
+
+
+def test_a_python_factory_spec_builds_the_users_model_with_the_given_preprocessing():
+    """python:package.module:factory calls the factory (no weights, no download); the preprocessing
+    comes from the command line, since a factory declares none; a missing factory is one line."""
+    from lpla_fast.audit.encoder_spec import load_target
+
+    target = load_target("python:test_audit:tiny_factory_encoder", image_size=8, mean=[0.5] * 3, std=[0.25] * 3)
+    x = torch.rand(2, 3, 8, 8)
+    expected = tiny_factory_encoder().eval()((x - 0.5) / 0.25).flatten(1)
+    assert torch.allclose(target.encoder.embed(x), expected, atol=1e-6)
+    assert target.preprocessing.image_size == 8 and list(target.preprocessing.mean) == [0.5] * 3
+    with pytest.raises(ValueError, match="no callable 'missing'"):
+        load_target("python:test_audit:missing", image_size=8)
+
+
 def readme_audit_commands():
     """The commands of the README's `lpla audit` worked example (its first code block there)."""
     import re
