@@ -1,8 +1,8 @@
 """Memory of the audit's data path: build the image cache, train a small encoder from it, query
 views of every image; peak memory must not grow with the number of images.
 
-    flock /tmp/lpla-bench.lock python bench/bench_audit_memory.py          # plainly
-    flock /tmp/lpla-bench.lock pytest bench/bench_audit_memory.py --benchmark-only -s
+    python bench/bench_audit_memory.py          # plainly
+    pytest bench/bench_audit_memory.py --benchmark-only -s
 
 For each number of images (LPLA_BENCH_AUDIT_SIZES, default 2000 and 20000) a WebDataset tar of
 synthetic 64x64 RGB PNGs is written, then a fresh Python process (so that nothing of an earlier
