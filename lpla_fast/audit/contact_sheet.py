@@ -12,21 +12,19 @@ from typing import List, Optional
 
 import numpy as np
 
-STUDIES = ("main", "references")
+from ..study.report_data import record_label
+
+AUDIT_STUDIES = ("main", "references")  # the tables an audit reports per candidate (scores.parquet too)
 
 
 def strongest(records) -> Optional[object]:
     """The record of the main or reference table with the highest AUC (None if none ran)."""
-    ran = [r for r in records if r.study in STUDIES and r.metrics and r.samples is not None]
+    ran = [r for r in records if r.study in AUDIT_STUDIES and r.metrics and r.samples is not None]
     return max(ran, key=lambda r: r.auc) if ran else None
 
 
 def _name(record) -> str:
-    stat = record.params.get("statistic")
-    if record.study != "references":
-        return f"{record.attack} (K={record.k}, {record.level})"
-    online = "" if record.params.get("online", True) else " offline"
-    return f"{record.attack}{online} on {stat} (K={record.k})"
+    return f"{record_label(record)}, K={record.k}"
 
 
 def write_contact_sheet(records, pool, path: str, n: int = 8) -> Optional[str]:

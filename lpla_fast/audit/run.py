@@ -382,22 +382,18 @@ def _attack_and_write(config, target, pool, target_views, refset, ref_info, stag
         write_json(os.path.join(config.out, "calibration.json"), jsonable(stage.calibration))
         results.calibration_files[f"{target.label}/{config.output}"] = "calibration.json"
     with stages.timed("report", "writing the report, scores.parquet, roc/*.npz and plots/exposed.png"):
-        write_outputs(results, config.out, stages)
-        write_audit_scores(results.records, pool, os.path.join(config.out, "scores.parquet"))
         from .contact_sheet import write_contact_sheet
 
         sheet = write_contact_sheet(results.records, pool, os.path.join(config.out, "plots", "exposed.png"),
                                     config.exposed)
+        write_outputs(results, config.out, stages, appendix=_report_appendix(skipped, sheet))
         if sheet:
             results.plots.append("exposed.png")
-        _append_to_report(config.out, skipped, sheet)
+        write_audit_scores(results.records, pool, os.path.join(config.out, "scores.parquet"))
     results.timings = {"stages": dict(stages.seconds), "total": round(stages.elapsed(), 3)}  # the report's included
     results.save(os.path.join(config.out, "results.json"))
     stages.say(f"done in {stages.elapsed():.0f} s: {os.path.join(config.out, 'report.md')}")
     return results
-
-
-AUDIT_STUDIES = ("main", "references")
 
 
 def write_audit_scores(records, pool: CandidatePool, path: str) -> None:
@@ -408,6 +404,8 @@ def write_audit_scores(records, pool: CandidatePool, path: str) -> None:
 
     from ..fileio import replace_atomically
     from ..study.exports import scores_table
+
+    from .contact_sheet import AUDIT_STUDIES
 
     kept = [r for r in records if r.samples is not None and r.metrics and r.study in AUDIT_STUDIES]
     table = scores_table(kept)
@@ -422,21 +420,12 @@ def write_audit_scores(records, pool: CandidatePool, path: str) -> None:
     replace_atomically(path, lambda tmp: pq.write_table(table, tmp))
 
 
-def _append_to_report(out: str, skipped: dict, sheet: Optional[str]) -> None:
+def _report_appendix(skipped: dict, sheet: Optional[str]) -> str:
     """The audit's own sections after the study's report: the contact sheet and skipped images."""
-    from ..fileio import write_text
-    from ..study import html
-
     parts = []
     if sheet:
         parts.append("## Most and least exposed members\n\n" + sheet + "\n\n![exposed](plots/exposed.png)\n")
     if skipped:
         lines = [f"- `{s['id']}` ({role}): {s['reason']}" for role, items in skipped.items() for s in items]
         parts.append(f"## Skipped images ({len(lines)})\n\n" + "\n".join(lines) + "\n")
-    if not parts:
-        return
-    path = os.path.join(out, "report.md")
-    with open(path) as f:
-        text = f.read().rstrip("\n") + "\n\n" + "\n".join(parts)
-    write_text(path, text)
-    html.write_html(text, os.path.join(out, "report.html"), out)
+    return "\n".join(parts)

@@ -338,7 +338,7 @@ def _pooled(data: ReportData) -> str:
     lines = ["## Low-FPR numbers pooled over targets", "",
              "The reference-calibrated attacks' scores are comparable across targets (LiRA pools over many), so "
              "every seed's target is pooled into one evaluated set. TPR at an FPR α is shown only where the set "
-             f"holds at least ⌈10/α⌉ non-members (else — and the count). Labelled pooled: not a per-target mean.", ""]
+             "holds at least ⌈10/α⌉ non-members (else — and the count). Labelled pooled: not a per-target mean.", ""]
     for output in distinct(pooled, "output"):
         best = {}  # per (framework, K): the attack with the highest pooled AUC
         for p in (p for p in pooled if p.output == output):
@@ -423,14 +423,15 @@ def analyse(results: Results, stats: SeedStats) -> None:
     results.empirical_epsilon = comparisons.empirical_epsilons(data)
 
 
-def write_all(results: Results, out_dir: str) -> Dict[str, List[str]]:
+def write_all(results: Results, out_dir: str, appendix: str = "") -> Dict[str, List[str]]:
     """Every output of a run beside its results.json: plots/*.png, report.md, report.html,
     scores.parquet and roc/*.npz. Sets `results.plots` and the comparisons (`analyse`). Returns {"plots", "report", "exports"}:
-    the written paths (plots as names inside plots/, the others relative to out_dir)."""
+    the written paths (plots as names inside plots/, the others relative to out_dir).
+    appendix: Markdown sections a caller adds after the report's own (`lpla audit`'s)."""
     stats = SeedStats(n_bootstrap=n_bootstrap(results), seed=study_value(results, "seed", 0))
     analyse(results, stats)
     results.plots = plots.make_plots(results, os.path.join(out_dir, "plots"), stats)
-    text = render_report(results, stats)
+    text = render_report(results, stats) + (f"\n{appendix}" if appendix else "")
     write_text(os.path.join(out_dir, "report.md"), text)
     html.write_html(text, os.path.join(out_dir, "report.html"), out_dir)
     written = exports.write_exports(results, out_dir)

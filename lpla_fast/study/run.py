@@ -141,11 +141,11 @@ def run_attacks(views: Dict[str, ViewSet], study: StudyConfig, out_dir: str, lab
     return results
 
 
-def write_outputs(results: Results, out_dir: str, stages: Stages) -> None:
+def write_outputs(results: Results, out_dir: str, stages: Stages, appendix: str = "") -> None:
     """plots/, report.md, report.html, scores.parquet, roc/*.npz and results.json (with the
-    timings and the plot names)."""
+    timings and the plot names); `appendix`: Markdown sections after the report's own."""
     from .report import write_all
 
     results.timings = {"stages": dict(stages.seconds), "total": round(stages.elapsed(), 3)}
-    write_all(results, out_dir)
+    write_all(results, out_dir, appendix)
     results.save(os.path.join(out_dir, RESULTS_FILE))
