@@ -35,7 +35,7 @@ from typing import List, Optional
 import numpy as np
 
 from ..encoders.pixels import CACHE_IMAGES_FILE
-from ..fileio import replace_atomically, write_text
+from ..fileio import replace_atomically, write_json
 from .images import discover_image_shards, open_image_shard
 from .shards import ShardError
 
@@ -148,7 +148,7 @@ def build_image_cache(source: str, folder: str, image_size: int, channels: Optio
     table = pa.table({"id": pa.array(ids, pa.string()), "hash": pa.array(hashes, pa.string())})
     replace_atomically(os.path.join(folder, ROWS_FILE), lambda tmp: pq.write_table(table, tmp))
     meta = {"format": CACHE_FORMAT, "version": CACHE_VERSION, **key, "count": len(ids), "skipped": skipped}
-    write_text(os.path.join(folder, META_FILE), json.dumps(meta, indent=1))
+    write_json(os.path.join(folder, META_FILE), meta)
     return open_image_cache(folder)
 
 
