@@ -386,23 +386,21 @@ def _attack_and_write(config, target, pool, target_views, refset, ref_info, stag
 
         sheet = write_contact_sheet(results.records, pool, os.path.join(config.out, "plots", "exposed.png"),
                                     config.exposed)
-        write_outputs(results, config.out, stages, appendix=_report_appendix(skipped, sheet))
+        write_outputs(results, config.out, stages, appendix=_report_appendix(skipped, sheet),
+                      scores_table_of=lambda records: audit_scores_table(records, pool))
         if sheet:
             results.plots.append("exposed.png")
-        write_audit_scores(results.records, pool, os.path.join(config.out, "scores.parquet"))
     results.timings = {"stages": dict(stages.seconds), "total": round(stages.elapsed(), 3)}  # the report's included
     results.save(os.path.join(config.out, "results.json"))
     stages.say(f"done in {stages.elapsed():.0f} s: {os.path.join(config.out, 'report.md')}")
     return results
 
 
-def write_audit_scores(records, pool: CandidatePool, path: str) -> None:
-    """scores.parquet: one row per (candidate, attack) of the main and reference tables, with the
-    candidate's `id` and `path` beside the study's columns (`sample` is its index)."""
+def audit_scores_table(records, pool: CandidatePool):
+    """scores.parquet's table: one row per (candidate, attack) of the main and reference tables,
+    with the candidate's `id` and `path` beside the study's columns (`sample` is its index)."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    from ..fileio import replace_atomically
     from ..study.exports import scores_table
 
     from .contact_sheet import AUDIT_STUDIES
@@ -417,7 +415,7 @@ def write_audit_scores(records, pool: CandidatePool, path: str) -> None:
     lengths = np.array([len(r.samples.score) for r in kept], np.int64)
     table = table.append_column("statistic", pa.array(np.repeat(np.array(statistic, dtype=object), lengths).tolist(),
                                                       pa.string()))
-    replace_atomically(path, lambda tmp: pq.write_table(table, tmp))
+    return table
 
 
 def _report_appendix(skipped: dict, sheet: Optional[str]) -> str:

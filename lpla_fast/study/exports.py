@@ -78,11 +78,12 @@ def scores_table(records: List[AttackRecord]):
     return pa.table({name: columns[name] for name in order})
 
 
-def write_scores(records: List[AttackRecord], path: str) -> None:
-    """scores.parquet (atomically)."""
+def write_scores(records: List[AttackRecord], path: str, table_of=scores_table) -> None:
+    """scores.parquet (atomically); `table_of(records)` builds its table (`scores_table`, or a
+    caller's own with more columns)."""
     import pyarrow.parquet as pq
 
-    table = scores_table(records)
+    table = table_of(records)
     replace_atomically(path, lambda tmp: pq.write_table(table, tmp, use_dictionary=True, compression="zstd"))
 
 
@@ -109,14 +110,15 @@ def write_roc_npz(record: AttackRecord, path: str) -> None:
     replace_atomically(path, lambda tmp: np.savez(tmp, **arrays))
 
 
-def write_exports(results: Results, out_dir: str) -> List[str]:
-    """scores.parquet and roc/*.npz into `out_dir`; returns the written paths (none when no record
-    carries its per-sample scores, e.g. results read back from results.json)."""
+def write_exports(results: Results, out_dir: str, scores_table_of=scores_table) -> List[str]:
+    """scores.parquet (its table built by `scores_table_of`) and roc/*.npz into `out_dir`; returns
+    the written paths (none when no record carries its per-sample scores, e.g. results read back
+    from results.json)."""
     with_scores = [r for r in results.records if r.samples is not None and r.metrics]
     if not with_scores:
         return []
     written = [os.path.join(out_dir, SCORES_FILE)]
-    write_scores(with_scores, written[0])
+    write_scores(with_scores, written[0], scores_table_of)
     for r in (r for r in with_scores if r.study in NPZ_STUDIES):
         path = os.path.join(out_dir, ROC_FOLDER, npz_name(r))
         n = 1

@@ -423,17 +423,19 @@ def analyse(results: Results, stats: SeedStats) -> None:
     results.empirical_epsilon = comparisons.empirical_epsilons(data)
 
 
-def write_all(results: Results, out_dir: str, appendix: str = "") -> Dict[str, List[str]]:
+def write_all(results: Results, out_dir: str, appendix: str = "", scores_table_of=exports.scores_table
+              ) -> Dict[str, List[str]]:
     """Every output of a run beside its results.json: plots/*.png, report.md, report.html,
     scores.parquet and roc/*.npz. Sets `results.plots` and the comparisons (`analyse`). Returns {"plots", "report", "exports"}:
     the written paths (plots as names inside plots/, the others relative to out_dir).
-    appendix: Markdown sections a caller adds after the report's own (`lpla audit`'s)."""
+    appendix: Markdown sections a caller adds after the report's own; scores_table_of: what builds
+    scores.parquet's table from the records (`lpla audit` adds each candidate's id and path)."""
     stats = SeedStats(n_bootstrap=n_bootstrap(results), seed=study_value(results, "seed", 0))
     analyse(results, stats)
     results.plots = plots.make_plots(results, os.path.join(out_dir, "plots"), stats)
     text = render_report(results, stats) + (f"\n{appendix}" if appendix else "")
     write_text(os.path.join(out_dir, "report.md"), text)
     html.write_html(text, os.path.join(out_dir, "report.html"), out_dir)
-    written = exports.write_exports(results, out_dir)
+    written = exports.write_exports(results, out_dir, scores_table_of)
     return {"plots": list(results.plots), "report": ["report.md", "report.html"],
             "exports": [os.path.relpath(p, out_dir) for p in written]}

@@ -141,11 +141,11 @@ def run_attacks(views: Dict[str, ViewSet], study: StudyConfig, out_dir: str, lab
     return results
 
 
-def write_outputs(results: Results, out_dir: str, stages: Stages, appendix: str = "") -> None:
+def write_outputs(results: Results, out_dir: str, stages: Stages, **extras) -> None:
     """plots/, report.md, report.html, scores.parquet, roc/*.npz and results.json (with the
-    timings and the plot names); `appendix`: Markdown sections after the report's own."""
+    timings and the plot names); `extras`: write_all's `appendix` and `scores_table_of`."""
     from .report import write_all
 
     results.timings = {"stages": dict(stages.seconds), "total": round(stages.elapsed(), 3)}
-    write_all(results, out_dir, appendix)
+    write_all(results, out_dir, **extras)
     results.save(os.path.join(out_dir, RESULTS_FILE))
