@@ -289,3 +289,29 @@ def test_an_audit_killed_during_reference_training_resumes(setup, tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert results["config"]["audit"]["references"]["reused"] == [False, False]
     assert len(json.loads(state.read_text())["history"]) == 6
+
+
+def test_exported_png_folders_give_lpla_attacks_answer(tmp_path):
+    """The same encoder, members and non-members: `lpla audit` on the PNG folders of `lpla
+    export-images` and `lpla attack --splits` on the dataset agree on every global attack's AUC
+    (the folders hold the splits in their own order, so both draw the same halves and views; only
+    the PNGs' 8-bit rounding differs)."""
+    assert main(["train", "--dataset", "digits", "--epochs", "20", "--width", "8", "--out", str(tmp_path / "t"),
+                 "--no-progress"]) == 0
+    assert main(["export-images", "--splits", str(tmp_path / "t" / "splits.json"), "--out", str(tmp_path / "img"),
+                 "--no-progress"]) == 0
+    common = ["--seed", "0", "--bootstrap", "20", "--no-progress"]
+    assert main(["audit", "--encoder", str(tmp_path / "t"), "--members", str(tmp_path / "img" / "members"),
+                 "--nonmembers", str(tmp_path / "img" / "nonmembers"), "--population",
+                 str(tmp_path / "img" / "reference"), "--K", "4", "--out", str(tmp_path / "audit"), *common]) == 0
+    assert main(["attack", "--encoder", str(tmp_path / "t"), "--splits", str(tmp_path / "t" / "splits.json"),
+                 "--level", "audit", "--k", "4", "--ks", "1", "2", "4", "--out", str(tmp_path / "attack"), *common]) == 0
+
+    def aucs(run):
+        records = json.loads((tmp_path / run / "results.json").read_text())["records"]
+        return {r["attack"]: r["metrics"]["auc"] for r in records if r["study"] == "main" and not r.get("skipped")}
+
+    audited, attacked = aucs("audit"), aucs("attack")
+    assert set(audited) == set(attacked) == {"lpla", "norm", "encodermi-t", "encodermi-v", "encodermi-s", "knn"}
+    for name, auc in attacked.items():
+        assert abs(audited[name] - auc) <= 0.03, (name, audited[name], auc)

@@ -16,11 +16,16 @@ from lpla_fast.streaming.images import decode_image
 
 
 def exported(folder):
-    """{dataset index: (class, path)} of the PNGs under folder/<class>/<index>.png."""
+    """{dataset index: (class, path)} of the PNGs folder/<index>.png, their classes read from the
+    export's labels.csv; in the order of the folder's sorted file names."""
+    root, split = os.path.split(str(folder))
+    with open(os.path.join(root, "labels.csv")) as f:
+        labels = {path: (int(index), int(label)) for path, index, label in (line.split(",") for line in f.read().split()[1:])}
     found = {}
-    for label in os.listdir(folder):
-        for name in os.listdir(os.path.join(folder, label)):
-            found[int(name[:-4])] = (int(label), os.path.join(folder, label, name))
+    for name in sorted(os.listdir(folder)):
+        index, label = labels[f"{split}/{name}"]
+        assert int(name[:-4]) == index
+        found[index] = (label, os.path.join(folder, name))
     return found
 
 
@@ -35,7 +40,7 @@ def test_digits_export_follows_lpla_train_splits_and_decodes_to_the_quantized_pi
     expected = np.round(data.images.numpy() * 255).astype(np.uint8)
     for name, folder in (("target_members", "members"), ("target_nonmembers", "nonmembers"), ("probe_test", "probe_test")):
         found = exported(tmp_path / "out" / folder)
-        assert sorted(found) == splits[name].tolist()
+        assert list(found) == splits[name].tolist()  # path order is the split's order
         for index, (label, path) in list(found.items())[:40]:
             assert label == int(data.labels[index])
             with open(path, "rb") as f:
@@ -84,7 +89,7 @@ def test_an_empty_folder_is_filled(tmp_path):
     sizes = SplitSizes(target_members=4, target_nonmembers=4, shadow_members=0, shadow_nonmembers=0, reference=0,
                        probe_train=0, probe_test=0)
     export_images("digits", str(tmp_path / "out"), splits=make_splits(1797, sizes), progress=False)
-    assert sorted(os.listdir(tmp_path / "out")) == ["export.json", "members", "nonmembers", "splits.json"]
+    assert sorted(os.listdir(tmp_path / "out")) == ["export.json", "labels.csv", "members", "nonmembers", "splits.json"]
 
 
 def test_splits_of_another_dataset_size_are_refused(tmp_path):

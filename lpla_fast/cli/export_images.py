@@ -2,12 +2,15 @@
 that take image sources (`lpla audit`, `lpla score --images`) can be tried on them.
 
 The splits are the ones `lpla train --split-seed S` draws (--seed S), or a splits.json written by
-`lpla train` or `lpla experiment` (--splits). OUT gets one ImageFolder tree per split:
-OUT/members/<class>/<index>.png (the target's members), OUT/nonmembers/<class>/<index>.png
-(the target's non-members), and OUT/<split>/<class>/<index>.png for the other non-empty
-splits (shadow_members, shadow_nonmembers, reference, probe_train, probe_test); <index> is the
-sample's index in the dataset, so a row of any output maps back to it. OUT/splits.json holds
-the splits, OUT/export.json the dataset, image size and counts.
+`lpla train` or `lpla experiment` (--splits). OUT gets one image folder per split:
+OUT/members/<index>.png (the target's members), OUT/nonmembers/<index>.png (the target's
+non-members), and OUT/<split>/<index>.png for the other non-empty splits (shadow_members,
+shadow_nonmembers, reference, probe_train, probe_test); <index> is the sample's index in the
+dataset, zero-padded, so a row of any output maps back to it, and a folder read in path order
+(as every image source reads one) holds its split in the splits' own order: an audit of the
+folders draws the same held-out halves and views as `lpla attack --splits` does. OUT/labels.csv
+gives each file's class, OUT/splits.json the splits, OUT/export.json the dataset, image size
+and counts.
 
 Pixels: the images the encoders train on (float in [0, 1], at --image-size, default the
 dataset's own: 16 for digits, 28 for mnist5k), written as 8-bit grayscale PNG: round(255 x).
@@ -32,6 +35,7 @@ EXPORT_FORMATS = ("png",)
 # Folder of each split in OUT: the target's members and non-members under the names an audit uses.
 SPLIT_FOLDERS = {"target_members": "members", "target_nonmembers": "nonmembers"}
 EXPORT_FILE = "export.json"
+LABELS_FILE = "labels.csv"
 
 
 def add_parser(subparsers) -> None:
@@ -112,15 +116,18 @@ def _write_folders(root, pixels, labels, splits, names, progress) -> dict:
 
     digits = len(str(len(pixels) - 1))
     todo = [(name, int(i)) for name in names for i in splits[name]]
-    counts = {}
+    counts, rows = {}, ["path,index,label"]
     for name, index in tqdm(todo, disable=not progress, desc="export-images", unit="images"):
         split = SPLIT_FOLDERS.get(name, name)
-        folder = os.path.join(root, split, str(int(labels[index])))
-        if not os.path.isdir(folder):
-            os.makedirs(folder)
+        # No class subfolders: path order is then the split's (ascending index) order.
+        os.makedirs(os.path.join(root, split), exist_ok=True)
+        path = f"{split}/{index:0{digits}d}.png"
         image = pixels[index]
         # The built-in datasets are gray (three equal channels): one 8-bit channel holds them.
         picture = Image.fromarray(image[0]) if (image == image[:1]).all() else Image.fromarray(image.transpose(1, 2, 0))
-        picture.save(os.path.join(folder, f"{index:0{digits}d}.png"))
+        picture.save(os.path.join(root, path))
+        rows.append(f"{path},{index},{int(labels[index])}")
         counts[split] = counts.get(split, 0) + 1
+    with open(os.path.join(root, LABELS_FILE), "w") as f:
+        f.write("\n".join(rows) + "\n")
     return counts
