@@ -184,13 +184,28 @@ def test_dp_sgd_trains_reports_a_finite_epsilon_and_gives_a_usable_encoder(tmp_p
     z = query_views(encoder, digits.images[:5], K=2)
     assert z.shape == (5, 2, 16) and torch.isfinite(z).all()
     save_encoder(encoder, str(tmp_path))
-    assert torch.allclose(query_views(load_encoder(str(tmp_path)), digits.images[:5], K=2), z)
+    loaded = load_encoder(str(tmp_path))
+    assert torch.allclose(query_views(loaded, digits.images[:5], K=2), z)
+    assert loaded.privacy_ == privacy  # what the accountant spent travels with the encoder
 
 
 def test_dp_sgd_reaches_a_target_epsilon(digits):
     encoder = train_encoder_dp(digits.images[:64], dp_config("byol", epochs=1), target_epsilon=4.0)
     assert encoder.privacy_["epsilon"] == pytest.approx(4.0, rel=0.05)
     assert encoder.privacy_["noise_multiplier"] > 0
+
+
+def test_the_epsilon_the_accountant_spent_reaches_the_study(tmp_path, digits):
+    """train_encoders (what the study's EncoderRecords come from) reports each DP-SGD encoder's
+    spent epsilon, also when it reuses the finished folder; plain encoders report none."""
+    from lpla_fast.encoders.parallel import TrainJob, train_encoders
+
+    jobs = [TrainJob(digits.images[:64], dp_config("byol", epochs=1), str(tmp_path / "dp"), dp_epsilon=4.0),
+            TrainJob(digits.images[:64], dp_config("byol", epochs=1), str(tmp_path / "plain"))]
+    (_, dp), (_, plain) = train_encoders(jobs, workers=1, progress=False)
+    assert dp["privacy"]["epsilon"] == pytest.approx(4.0, rel=0.05) and plain["privacy"] is None
+    (_, again), _ = train_encoders(jobs, workers=1, progress=False)
+    assert again["reused"] and again["privacy"] == dp["privacy"]
 
 
 @pytest.mark.parametrize("framework, reason", [("simclr", "negatives"), ("moco", "queue"),

@@ -40,6 +40,8 @@ def save_encoder(encoder: Encoder, path: str, epochs_done: int | None = None) ->
         "history": [float(x) for x in encoder.history_],
         "has_head": not isinstance(encoder.head, torch.nn.Identity),
     }
+    if getattr(encoder, "privacy_", None) is not None:  # DP-SGD: what the accountant spent
+        doc["privacy"] = encoder.privacy_
     write_json(os.path.join(path, CONFIG_FILE), doc, allow_nan=True)  # a diverged loss is still recorded
 
 
@@ -54,6 +56,7 @@ def load_encoder(path: str, device="cpu") -> Encoder:
     except RuntimeError as exc:
         raise ValueError(f"{os.path.join(path, MODEL_FILE)!r} does not match its config.json: {exc}") from exc
     encoder.history_ = list(doc.get("history", []))
+    encoder.privacy_ = doc.get("privacy")
     return encoder.to(device).eval()
 
 

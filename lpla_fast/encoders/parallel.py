@@ -66,7 +66,8 @@ def train_encoders(jobs: List[TrainJob], workers: Optional[int] = None, progress
     engine: "local" (this machine) or "ray" (one Ray task per encoder, see `ray_training`; the
         checkpoint folders on a file system every node sees); address: the Ray cluster;
         gpus_per_job: GPUs per task for CUDA jobs on Ray (a fraction packs small encoders).
-    info: {"seconds", "epochs", "epochs_reused", "reused", "final_loss"}.
+    info: {"seconds", "epochs", "epochs_reused", "reused", "final_loss", "privacy"} (privacy: what
+        the DP-SGD accountant spent, `dp.train_encoder_dp`'s `privacy_`; None without DP-SGD).
     """
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
@@ -100,7 +101,8 @@ def _loaded(jobs, seconds, before) -> List[tuple]:
         encoder = load_encoder(job.folder, device=resolve_device(job.config.device))
         results.append((encoder, {"seconds": round(secs, 3), "epochs": job.config.epochs,
                                   "epochs_reused": done_before, "reused": done_before >= job.config.epochs,
-                                  "final_loss": encoder.history_[-1] if encoder.history_ else None}))
+                                  "final_loss": encoder.history_[-1] if encoder.history_ else None,
+                                  "privacy": encoder.privacy_}))
     return results
 
 

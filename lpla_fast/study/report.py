@@ -282,7 +282,9 @@ def _epsilon_cells(data: ReportData, framework: str, output: str, defense: Optio
               if (e.framework, e.output, e.defense) == (framework, output, defense)), None)
     if e is None:
         return ["—", "—"]
-    return [f"{e.accountant:g}", ", ".join(f"{x:.2f}" for x in e.per_seed)]
+    spent = [x for x in e.spent if x is not None]
+    accountant = f"{e.accountant:g}" + (f" (spent {', '.join(f'{x:.2f}' for x in spent)})" if spent else "")
+    return [accountant, ", ".join(f"{x:.2f}" for x in e.per_seed)]
 
 
 VERDICT_WORDS = {"attack": {"higher": "LpLA family wins", "lower": "baseline wins", "tie": "tie",

@@ -128,6 +128,8 @@ class EncoderRecord:
     members: how many samples it was trained on.
     defended_quality: {release defense: {output: feature quality of the defended release}}
         (targets of the defense table only).
+    privacy: DP-SGD encoders only: what the accountant spent (epsilon, delta, noise_multiplier,
+        max_grad_norm, sample_rate, steps, accountant, guarantee); None otherwise.
     """
 
     framework: str
@@ -147,6 +149,7 @@ class EncoderRecord:
     defense: Optional[str] = None
     members: int = 0
     defended_quality: Dict[str, Dict[str, dict]] = field(default_factory=dict)
+    privacy: Optional[dict] = None
 
     @property
     def architecture(self) -> str:
@@ -282,8 +285,9 @@ class EmpiricalEpsilon:
     """The lower bound on epsilon that an attack proves on DP-SGD encoders (`metrics.empirical_epsilon`,
     Clopper-Pearson at 95%, delta 1e-5), beside the epsilon the accountant spent.
 
-    framework, output, defense ("dp:<epsilon>"), attack (its label); accountant: the accountant's
-    epsilon (the defense's target); per_seed: each seed's bound; max_provable: the largest bound
+    framework, output, defense ("dp:<epsilon>"), attack (its label); accountant: the defense's target
+    epsilon; spent: the epsilon the accountant spent on each seed's encoder (its EncoderRecord's
+    privacy; None where not recorded); per_seed: each seed's bound; max_provable: the largest bound
     this many samples can prove (`metrics.max_provable_epsilon`)."""
 
     framework: str
@@ -296,6 +300,7 @@ class EmpiricalEpsilon:
     n_nonmembers: int
     max_provable: float
     delta: float = 1e-5
+    spent: List[Optional[float]] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return jsonable(asdict(self))
