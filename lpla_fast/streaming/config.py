@@ -8,12 +8,10 @@ from typing import Optional
 
 STATS = ("lpla", "norm")
 ENGINES = ("local", "ray")
-OUTPUTS = ("backbone", "head")
 DEFAULT_BATCH_ROWS = 131072  # embedding rows per chunk
 DEFAULT_IMAGE_BATCH_ROWS = 256  # images per chunk (each with K views)
 DEFAULT_K = 8
 DEFAULT_P = 2.0  # the norm order of --stat norm without a calibration
-RANDOM_BLOCK = 32  # images per block of view randomness (encoders.views.RANDOM_BLOCK)
 CHUNK_DELAY_ENV = "LPLA_SCORE_CHUNK_DELAY"  # seconds to sleep per chunk; lets tests kill a run mid-way
 
 
@@ -63,15 +61,19 @@ class ScoreConfig:
             raise ValueError(f"--stat must be one of {STATS}, got {self.stat!r}")
         if self.engine not in ENGINES:
             raise ValueError(f"--engine must be one of {ENGINES}, got {self.engine!r}")
-        if self.output not in OUTPUTS:
-            raise ValueError(f"--output must be one of {OUTPUTS}, got {self.output!r}")
         if self.batch_rows is None:
             self.batch_rows = DEFAULT_IMAGE_BATCH_ROWS if self.images is not None else DEFAULT_BATCH_ROWS
         if self.batch_rows < 1:
             raise ValueError(f"--batch-rows must be >= 1, got {self.batch_rows}")
-        if self.images is not None and self.batch_rows % RANDOM_BLOCK:
-            raise ValueError(f"--batch-rows must be a multiple of {RANDOM_BLOCK} with --images "
-                             f"(views are drawn per block of {RANDOM_BLOCK} images), got {self.batch_rows}")
+        if self.images is not None:  # an image job loads an encoder anyway; an embedding job needs none
+            from ..encoders.base import OUTPUTS
+            from ..encoders.views import RANDOM_BLOCK
+
+            if self.output not in OUTPUTS:
+                raise ValueError(f"--output must be one of {OUTPUTS}, got {self.output!r}")
+            if self.batch_rows % RANDOM_BLOCK:
+                raise ValueError(f"--batch-rows must be a multiple of {RANDOM_BLOCK} with --images "
+                                 f"(views are drawn per block of {RANDOM_BLOCK} images), got {self.batch_rows}")
         if int(self.K) != self.K or self.K < 1:
             raise ValueError(f"--K must be an integer >= 1, got {self.K}")
         if self.forward_batch < 1:
