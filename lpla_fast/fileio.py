@@ -37,6 +37,14 @@ def replace_atomically(path: str, write: Callable[[str], None]) -> None:
         raise
 
 
+def remove_if_present(path: str) -> None:
+    """Delete a file; one that is already gone is fine (a rerun cleaning up after a crash)."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
 def describe_os_error(exc: OSError) -> str:
     """One line for a user: the cause in words and the path, e.g. "no space left on device
     writing runs/x/scores/part-0.parquet" (the action is known for writes made here)."""

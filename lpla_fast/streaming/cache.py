@@ -35,7 +35,7 @@ from typing import List, Optional
 import numpy as np
 
 from ..encoders.pixels import CACHE_IMAGES_FILE
-from ..fileio import replace_atomically, write_json
+from ..fileio import remove_if_present, replace_atomically, write_json
 from .images import discover_image_shards, open_image_shard
 from .shards import ShardError
 
@@ -128,10 +128,10 @@ def build_image_cache(source: str, folder: str, image_size: int, channels: Optio
             raise ValueError(f"{first['id']}: {first['reason']} (the cache in {folder!r} left it out; "
                              "pass skip_bad / --skip-bad-images to use it)")
         return open_image_cache(folder)
-    _remove(os.path.join(folder, META_FILE))  # from here the folder holds no complete cache
+    remove_if_present(os.path.join(folder, META_FILE))  # from here the folder holds no complete cache
     for name in os.listdir(folder):  # left by a build that was killed
         if name.startswith(".tmp-"):
-            _remove(os.path.join(folder, name))
+            remove_if_present(os.path.join(folder, name))
 
     ids, hashes = [], []
 
@@ -247,10 +247,3 @@ def _check_folder(folder: str) -> None:
     if others:
         raise ValueError(f"image cache folder {folder!r} holds other files ({', '.join(sorted(others)[:3])}); "
                          "give an empty folder or one that holds an image cache")
-
-
-def _remove(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass

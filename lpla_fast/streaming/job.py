@@ -32,7 +32,7 @@ import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
-from ..fileio import encode_float, write_bytes
+from ..fileio import encode_float, remove_if_present, write_bytes
 from .config import CHUNK_DELAY_ENV, DEFAULT_BATCH_ROWS, DEFAULT_P, ENGINES, STATS, ScoreConfig  # noqa: F401 (re-exported)
 from .manifest import Manifest
 from .scorer import views_tensor  # noqa: F401 (re-exported)
@@ -222,7 +222,7 @@ def plan_job(config: ScoreConfig, device: Optional[str] = None) -> JobPlan:
         _clear_outputs(config.out)
     for folder in folders:  # left by a run killed mid-write
         _remove_temporaries(folder)
-    _remove(os.path.join(config.out, "_SUCCESS"))
+    remove_if_present(os.path.join(config.out, "_SUCCESS"))
     manifest.complete = False
     for path, exc in errors.items():
         for part in manifest.mark_bad(path, exc.problem):
@@ -263,13 +263,13 @@ def finish_job(plan: JobPlan) -> Dict[str, object]:
     listed = set(plan.manifest.part_files())
     for name in os.listdir(plan.scores_dir):
         if name not in listed:
-            _remove(os.path.join(plan.scores_dir, name))
+            remove_if_present(os.path.join(plan.scores_dir, name))
     embeddings_dir = os.path.join(plan.config.out, "embeddings")
     if os.path.isdir(embeddings_dir):
         kept = {n for part in listed for n in embedding_names(part)}
         for name in os.listdir(embeddings_dir):
             if name not in kept:
-                _remove(os.path.join(embeddings_dir, name))
+                remove_if_present(os.path.join(embeddings_dir, name))
     bad = plan.manifest.bad_shards()
     plan.manifest.complete = all(plan.manifest.is_done(s.path) or s.path in bad for s in plan.shards)
     plan.manifest.save()
@@ -304,29 +304,21 @@ def read_scores(out: str):
 
 def _clear_outputs(out: str) -> None:
     for path in (os.path.join(out, "manifest.json"), os.path.join(out, "_SUCCESS")):
-        _remove(path)
+        remove_if_present(path)
     for sub in ("scores", "embeddings"):
         folder = os.path.join(out, sub)
         if os.path.isdir(folder):
             for name in os.listdir(folder):
-                _remove(os.path.join(folder, name))
+                remove_if_present(os.path.join(folder, name))
 
 
 def _remove_part(out: str, part: str) -> None:
-    _remove(os.path.join(out, "scores", part))
+    remove_if_present(os.path.join(out, "scores", part))
     for name in embedding_names(part):
-        _remove(os.path.join(out, "embeddings", name))
+        remove_if_present(os.path.join(out, "embeddings", name))
 
 
 def _remove_temporaries(folder: str) -> None:
     for name in os.listdir(folder):
         if name.startswith(".tmp-"):
-            _remove(os.path.join(folder, name))
-
-
-def _remove(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
+            remove_if_present(os.path.join(folder, name))
