@@ -317,6 +317,20 @@ def test_view_cosine_hypothesis(device, n, k, d, dtype, scales, strided, special
                                rtol=1e-5, atol=1e-5, equal_nan=True)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("k, d", [(4, 16), (8, 64), (8, 256)])
+@pytest.mark.parametrize("scale", [1.0, 1e-30, 1e30, 1e-12, 0.0, math.nan, math.inf])
+def test_view_cosine_whole_tiles_at_every_scale(device, k, d, scale):
+    # float32 rows that fill whole tiles take the path without a copy, kept only where every
+    # squared norm is within 2^-80..2^80: one view of each sample at `scale` sends the others back.
+    x = torch.randn(3, k, d, generator=torch.Generator().manual_seed(k * d), dtype=torch.float64)
+    x[1, k // 2] *= scale
+    x[2, 0, 5] = scale
+    views = x.float()
+    torch.testing.assert_close(lpla_fast.view_cosine(views.to(device)).cpu().double(), reference.view_cosine(views),
+                               rtol=1e-5, atol=1e-5, equal_nan=True)
+
+
 # --- every layout of small and empty shapes ------------------------------------------------------
 
 

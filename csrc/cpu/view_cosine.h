@@ -29,13 +29,22 @@ void cosine_sample_exact(const T* sample, int64_t K, int64_t D, int64_t sK, int6
 // copied into an L1 buffer; a view whose max|x| lies outside [2^-40, 2^40] is scaled by a
 // power of two (exact, and its cosines do not change) so that products can neither overflow
 // nor lose the large terms to underflow. Dot products then run in 2 x 4 tiles of views
-// (8 float accumulators, six loads per eight FMAs) and drain into double every kDrainBlocks
-// blocks of 8 elements, which bounds the float rounding error of a cosine by about 1e-6.
-constexpr int64_t kDrainBlocks = 16;
+// (8 float accumulators, six loads per eight FMAs; 16-lane registers in the AVX-512 build,
+// where the 8-lane tiles were FMA-bound at about half of memory bandwidth) and drain into
+// double every kDrainElements elements, which bounds the float rounding error of a cosine
+// by about 1e-6.
+constexpr int64_t kDrainElements = 128;
 constexpr int kUnscaledExponent = 40;
+#if defined(LPLA_X86_AVX512)
+constexpr int64_t kGramPad = 16;  // Dp: whole 16-lane registers
+#else
+constexpr int64_t kGramPad = 8;
+#endif
+
+inline int64_t gram_padded(int64_t D) { return (D + kGramPad - 1) / kGramPad * kGramPad; }
 
 struct GramBuffer {
-  std::vector<float> views;  // Kp x Dp, zero-padded to Kp = K rounded up to 4, Dp to 8
+  std::vector<float> views;  // Kp x Dp, zero-padded to Kp = K rounded up to 4, Dp to kGramPad
   std::vector<int> exponent;  // view k was scaled by 2^-exponent[k]
   std::vector<double> gram;  // Kp x Kp, upper triangle used
   std::vector<double> inv_norm;  // K
@@ -45,7 +54,7 @@ struct GramBuffer {
 // that the max caught: the Gram diagonal catches the others).
 template <class T>
 bool scaled_view(const T* row, int64_t D, int64_t sD, float* dst, int& exponent) {
-  const int64_t Dp = (D + 7) / 8 * 8;
+  const int64_t Dp = gram_padded(D);
   f32x8 top[4] = {};  // four independent max chains over [0, vectorized)
   int64_t i = 0;
   if (sD == 1) {
@@ -97,15 +106,63 @@ struct PrefetchCursor {
   }
 };
 
-// gram[a][b] = sum_d views[a][d] * views[b][d] for a in {i, i+1}, b in {j, .., j+3}.
-inline void gram_tile(const float* views, int64_t Dp, int64_t i, int64_t j, int64_t Kp, double* gram,
-                      PrefetchCursor& next) {
-  const float* a0 = views + i * Dp;
-  const float* a1 = a0 + Dp;
-  const float* b[4] = {views + j * Dp, views + (j + 1) * Dp, views + (j + 2) * Dp, views + (j + 3) * Dp};
+// gram[a][b] = sum_{d < Dp} views[a][d] * views[b][d] for a in {i, i+1}, b in {j, .., j+3}; row
+// r of views starts at views + r * stride.
+#if defined(LPLA_X86_AVX512)
+typedef float f32x16 __attribute__((vector_size(64)));
+typedef double f64x8 __attribute__((vector_size(64)));
+
+// GCC's vector extensions where they can: the intrinsics for halves and conversions start from
+// an "undefined" register that GCC 12 warns about.
+inline f32x16 load16f(const float* x) {
+  f32x16 v;
+  std::memcpy(&v, x, sizeof v);
+  return v;
+}
+
+inline void gram_tile(const float* views, int64_t stride, int64_t Dp, int64_t i, int64_t j, int64_t Kp,
+                      double* gram, PrefetchCursor& next) {
+  const float* a0 = views + i * stride;
+  const float* a1 = a0 + stride;
+  const float* b[4] = {views + j * stride, views + (j + 1) * stride, views + (j + 2) * stride,
+                       views + (j + 3) * stride};
+  f64x8 total[2][4] = {};
+  for (int64_t start = 0; start < Dp; start += kDrainElements) {
+    const int64_t stop = std::min(Dp, start + kDrainElements);
+    f32x16 acc[2][4] = {};
+    for (int64_t d = start; d < stop; d += 16) {
+      next.step();  // two lines per step, as the 8-lane tiles take: the next sample arrives in time
+      next.step();
+      const f32x16 x0 = load16f(a0 + d), x1 = load16f(a1 + d);
+      for (int c = 0; c < 4; ++c) {
+        const f32x16 y = load16f(b[c] + d);
+        acc[0][c] = (f32x16)_mm512_fmadd_ps((__m512)x0, (__m512)y, (__m512)acc[0][c]);
+        acc[1][c] = (f32x16)_mm512_fmadd_ps((__m512)x1, (__m512)y, (__m512)acc[1][c]);
+      }
+    }
+    for (int r = 0; r < 2; ++r)
+      for (int c = 0; c < 4; ++c) {
+        const f32x16 v = acc[r][c];
+        total[r][c] += __builtin_convertvector(__builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7), f64x8) +
+                       __builtin_convertvector(__builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15), f64x8);
+      }
+  }
+  for (int r = 0; r < 2; ++r)
+    for (int c = 0; c < 4; ++c) {
+      const f64x8 t = total[r][c];
+      gram[(i + r) * Kp + j + c] = hsum(__builtin_shufflevector(t, t, 0, 1, 2, 3) + __builtin_shufflevector(t, t, 4, 5, 6, 7));
+    }
+}
+#else
+inline void gram_tile(const float* views, int64_t stride, int64_t Dp, int64_t i, int64_t j, int64_t Kp,
+                      double* gram, PrefetchCursor& next) {
+  const float* a0 = views + i * stride;
+  const float* a1 = a0 + stride;
+  const float* b[4] = {views + j * stride, views + (j + 1) * stride, views + (j + 2) * stride,
+                       views + (j + 3) * stride};
   f64x4 total[2][4][2] = {};
-  for (int64_t start = 0; start < Dp; start += 8 * kDrainBlocks) {
-    const int64_t stop = std::min(Dp, start + 8 * kDrainBlocks);
+  for (int64_t start = 0; start < Dp; start += kDrainElements) {
+    const int64_t stop = std::min(Dp, start + kDrainElements);
     f32x8 acc[2][4] = {};
     for (int64_t d = start; d < stop; d += 8) {
       next.step();
@@ -125,22 +182,52 @@ inline void gram_tile(const float* views, int64_t Dp, int64_t i, int64_t j, int6
   for (int r = 0; r < 2; ++r)
     for (int c = 0; c < 4; ++c) gram[(i + r) * Kp + j + c] = hsum(total[r][c][0] + total[r][c][1]);
 }
+#endif
+
+// Tiles that cover every (i, j >= i) of a Kp x Kp Gram matrix: rows in pairs, columns in fours
+// from the pair's own four.
+inline void gram_tiles(const float* views, int64_t stride, int64_t Dp, int64_t Kp, double* gram,
+                       PrefetchCursor& next) {
+  for (int64_t i = 0; i < Kp; i += 2)
+    for (int64_t j = i / 4 * 4; j < Kp; j += 4) gram_tile(views, stride, Dp, i, j, Kp, gram, next);
+}
+
+// The Gram matrix straight from a float sample's own rows, without the copy into the buffer,
+// where they fill whole tiles (K % 4 == 0, D % kGramPad == 0, contiguous elements). Kept only
+// if every squared norm lies in [2^-80, 2^80] (NaN fails too): then every |x| <= 2^40, no
+// product overflowed, and what underflow can lose is below 2^-38 of a cosine. Else false, and
+// the caller scales copies (scaled_view).
+template <class T>
+bool direct_gram(const T* sample, int64_t K, int64_t D, int64_t sK, int64_t sD, GramBuffer& buf,
+                 PrefetchCursor& next) {
+  if constexpr (!std::is_same_v<T, float>) {
+    return false;
+  } else {
+    if (sD != 1 || K % 4 || D % kGramPad) return false;
+    gram_tiles(sample, sK, D, K, buf.gram.data(), next);
+    for (int64_t k = 0; k < K; ++k) {
+      const double squared = buf.gram[k * K + k];
+      if (!(squared >= 0x1p-80 && squared <= 0x1p80)) return false;
+    }
+    return true;
+  }
+}
 
 // Cosines of one float / half / bfloat16 sample; false (nothing written) if it holds NaN or Inf.
 template <class T>
 bool cosine_sample_fast(const T* sample, int64_t K, int64_t D, int64_t sK, int64_t sD, GramBuffer& buf,
                         PrefetchCursor next, result_t<T>* out_row) {
-  const int64_t Kp = (K + 3) / 4 * 4, Dp = (D + 7) / 8 * 8;
-  buf.views.resize(Kp * Dp);
+  const int64_t Kp = (K + 3) / 4 * 4, Dp = gram_padded(D);
   buf.exponent.assign(Kp, 0);
   buf.gram.resize(Kp * Kp);
   buf.inv_norm.resize(K);
-  for (int64_t k = 0; k < K; ++k)
-    if (!scaled_view(sample + k * sK, D, sD, buf.views.data() + k * Dp, buf.exponent[k])) return false;
-  std::fill(buf.views.begin() + K * Dp, buf.views.end(), 0.0f);
-  // Tiles that cover every (i, j >= i): rows in pairs, columns in fours from the pair's own four.
-  for (int64_t i = 0; i < Kp; i += 2)
-    for (int64_t j = i / 4 * 4; j < Kp; j += 4) gram_tile(buf.views.data(), Dp, i, j, Kp, buf.gram.data(), next);
+  if (!direct_gram(sample, K, D, sK, sD, buf, next)) {
+    buf.views.resize(Kp * Dp);
+    for (int64_t k = 0; k < K; ++k)
+      if (!scaled_view(sample + k * sK, D, sD, buf.views.data() + k * Dp, buf.exponent[k])) return false;
+    std::fill(buf.views.begin() + K * Dp, buf.views.end(), 0.0f);
+    gram_tiles(buf.views.data(), Dp, Dp, Kp, buf.gram.data(), next);
+  }
   for (int64_t k = 0; k < K; ++k) {
     const double squared = buf.gram[k * Kp + k];
     if (!std::isfinite(squared)) return false;  // a NaN the max did not catch
