@@ -68,6 +68,9 @@ def make_results():
             encoders.append(EncoderRecord(framework=fw, role="target", backbone=MAIN[0], width=MAIN[1], seed=seed,
                                           defense="weight-decay:5e-4", members=200,
                                           feature_quality={"backbone": {"linear_probe": 0.7, "knn": 0.66}}))
+            encoders.append(EncoderRecord(framework=fw, role="target", backbone=MAIN[0], width=MAIN[1], seed=seed,
+                                          defense="dp:8", members=200, privacy={"epsilon": 7.9 + 0.01 * seed},
+                                          feature_quality={"backbone": {"linear_probe": 0.5, "knn": 0.45}}))
             q = _quality(fw, *MAIN, seed)
             for output in ("backbone", "head"):
                 for a, s in GLOBAL.items():
@@ -423,13 +426,14 @@ def test_dp_sgd_defenses_show_the_empirical_epsilon_beside_the_accountants(writt
     assert {(e.framework, e.output) for e in found} == {(fw, o) for fw in FRAMEWORKS for o in ("backbone", "head")}
     e = next(e for e in found if (e.framework, e.output) == ("simclr", "head"))
     assert e.accountant == 8.0 and len(e.per_seed) == 3 and e.max_provable == pytest.approx(metrics.max_provable_epsilon(60, 60))
+    assert e.spent == pytest.approx([7.90, 7.91, 7.92])  # each seed's encoder, as its accountant spent
     record = next(r for r in results.records if (r.framework, r.output, r.defense, r.seed) == ("simclr", "head", "dp:8", 0)
                   and results_label(r) == e.attack)
     assert e.per_seed[0] == pytest.approx(metrics.empirical_epsilon(record.samples.score, record.samples.is_member))
     text = (written[0] / "report.md").read_text()
     defenses = text[text.index("## Defenses"):text.index("## Figures")]
     assert "accountant's ε" in defenses and "no attack can prove more than ε" in defenses
-    assert re.search(r"\| simclr \| dp:8 \| 3 \| .* \| 8 \| \d+\.\d\d, ", defenses)
+    assert re.search(r"\| simclr \| dp:8 \| 3 \| .* \| 8 \(spent 7\.90, 7\.91, 7\.92\) \| \d+\.\d\d, ", defenses)
 
 
 def results_label(record):
