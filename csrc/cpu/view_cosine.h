@@ -108,6 +108,14 @@ struct PrefetchCursor {
 
 // gram[a][b] = sum_{d < Dp} views[a][d] * views[b][d] for a in {i, i+1}, b in {j, .., j+3}; row
 // r of views starts at views + r * stride.
+struct TileRows {
+  const float* a[2];
+  const float* b[4];
+  TileRows(const float* views, int64_t stride, int64_t i, int64_t j)
+      : a{views + i * stride, views + (i + 1) * stride},
+        b{views + j * stride, views + (j + 1) * stride, views + (j + 2) * stride, views + (j + 3) * stride} {}
+};
+
 #if defined(LPLA_X86_AVX512)
 typedef float f32x16 __attribute__((vector_size(64)));
 typedef double f64x8 __attribute__((vector_size(64)));
@@ -122,10 +130,7 @@ inline f32x16 load16f(const float* x) {
 
 inline void gram_tile(const float* views, int64_t stride, int64_t Dp, int64_t i, int64_t j, int64_t Kp,
                       double* gram, PrefetchCursor& next) {
-  const float* a0 = views + i * stride;
-  const float* a1 = a0 + stride;
-  const float* b[4] = {views + j * stride, views + (j + 1) * stride, views + (j + 2) * stride,
-                       views + (j + 3) * stride};
+  const TileRows rows(views, stride, i, j);
   f64x8 total[2][4] = {};
   for (int64_t start = 0; start < Dp; start += kDrainElements) {
     const int64_t stop = std::min(Dp, start + kDrainElements);
@@ -133,9 +138,9 @@ inline void gram_tile(const float* views, int64_t stride, int64_t Dp, int64_t i,
     for (int64_t d = start; d < stop; d += 16) {
       next.step();  // two lines per step, as the 8-lane tiles take: the next sample arrives in time
       next.step();
-      const f32x16 x0 = load16f(a0 + d), x1 = load16f(a1 + d);
+      const f32x16 x0 = load16f(rows.a[0] + d), x1 = load16f(rows.a[1] + d);
       for (int c = 0; c < 4; ++c) {
-        const f32x16 y = load16f(b[c] + d);
+        const f32x16 y = load16f(rows.b[c] + d);
         acc[0][c] = (f32x16)_mm512_fmadd_ps((__m512)x0, (__m512)y, (__m512)acc[0][c]);
         acc[1][c] = (f32x16)_mm512_fmadd_ps((__m512)x1, (__m512)y, (__m512)acc[1][c]);
       }
@@ -156,19 +161,16 @@ inline void gram_tile(const float* views, int64_t stride, int64_t Dp, int64_t i,
 #else
 inline void gram_tile(const float* views, int64_t stride, int64_t Dp, int64_t i, int64_t j, int64_t Kp,
                       double* gram, PrefetchCursor& next) {
-  const float* a0 = views + i * stride;
-  const float* a1 = a0 + stride;
-  const float* b[4] = {views + j * stride, views + (j + 1) * stride, views + (j + 2) * stride,
-                       views + (j + 3) * stride};
+  const TileRows rows(views, stride, i, j);
   f64x4 total[2][4][2] = {};
   for (int64_t start = 0; start < Dp; start += kDrainElements) {
     const int64_t stop = std::min(Dp, start + kDrainElements);
     f32x8 acc[2][4] = {};
     for (int64_t d = start; d < stop; d += 8) {
       next.step();
-      const f32x8 x0 = load8(a0 + d), x1 = load8(a1 + d);
+      const f32x8 x0 = load8(rows.a[0] + d), x1 = load8(rows.a[1] + d);
       for (int c = 0; c < 4; ++c) {
-        const f32x8 y = load8(b[c] + d);
+        const f32x8 y = load8(rows.b[c] + d);
         acc[0][c] = fmadd(x0, y, acc[0][c]);
         acc[1][c] = fmadd(x1, y, acc[1][c]);
       }
