@@ -81,6 +81,9 @@ def _reader(plan: JobPlan, pending, out: queue.Queue, stop: threading.Event, poo
             if halt is not None and halt.is_set():
                 break
         _put(out, _DONE, stop)
+        # Alive to the job's end: its OpenMP team (views drawing) keeps the forward pass's
+        # threads waiting passively up to the last chunk (see `tuning`).
+        stop.wait()
     except _Stop:
         pass
     except BaseException as exc:  # surfaced by the main thread
