@@ -3,6 +3,7 @@ may use, and a job that tunes itself writing what a job with fixed settings writ
 
 import io
 import tarfile
+import threading
 
 import numpy as np
 import pytest
@@ -157,3 +158,64 @@ def test_omp_num_threads_in_the_environment_keeps_torchs_threads(job_inputs, mon
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     summary, _ = _job(job_inputs, "kept")
     assert summary["threads"].startswith("forward pass on torch's threads as set")
+
+
+# --- the first chunk is measured in the running pipeline ---------------------------------------
+
+
+def _spy_loads(monkeypatch, on_load=None):
+    """Record (thread name, first row) of every chunk this process decodes (worker processes
+    decode in their own memory, unrecorded); `on_load(thread name)` runs before each."""
+    from lpla_fast.streaming.sources import ImageSource
+
+    loads, load = [], ImageSource.load
+
+    def spy(self, shard, start, stop):
+        name = threading.current_thread().name
+        loads.append((name, start))
+        if on_load is not None:
+            on_load(name)
+        return load(self, shard, start, stop)
+
+    monkeypatch.setattr(ImageSource, "load", spy)
+    return loads
+
+
+@pytest.mark.skipif(available_cores() < 2, reason="one core: the job decodes in a thread without measuring")
+def test_the_first_chunk_is_scored_while_the_reader_thread_decodes_the_next(job_inputs, monkeypatch):
+    from lpla_fast.streaming.scorer import EncoderScorer
+
+    reading = threading.Event()
+    loads = _spy_loads(monkeypatch, lambda name: reading.set() if name == "lpla-reader" else None)
+    scored, score_chunk = [], EncoderScorer.score_chunk
+
+    def waits_for_the_reader(self, chunk, device="cpu"):
+        if not scored:  # the first chunk: the reader thread must decode meanwhile
+            scored.append(reading.wait(timeout=30))
+        return score_chunk(self, chunk, device)
+
+    monkeypatch.setattr(EncoderScorer, "score_chunk", waits_for_the_reader)
+    summary, out = _job(job_inputs, "overlap")
+    assert scored == [True]
+    assert loads[0] == ("MainThread", 0) and loads[1] == ("lpla-reader", 32)
+    assert summary["rows"] == 100 and read_scores(out).column("row").to_pylist() == list(range(100))
+
+
+@pytest.mark.skipif(available_cores() < 2, reason="one core: the job decodes in a thread without measuring")
+def test_heavy_decoding_found_mid_job_moves_the_rest_to_worker_processes_scoring_every_row_once(job_inputs,
+                                                                                                 monkeypatch):
+    from lpla_fast.streaming import tuning
+
+    monkeypatch.setattr(tuning, "LIGHT_DECODING", -1.0)  # any decoding counts as heavy
+    loads = _spy_loads(monkeypatch)
+    summary, out = _job(job_inputs, "switch")
+    assert "1 worker process" in summary["threads"] and "heavy" in summary["threads"]
+    # chunk 0 decoded to be timed, then the reader thread read one or two chunks before it stopped
+    assert loads[0] == ("MainThread", 0)
+    assert [start for _, start in loads[1:]] in ([32], [32, 64]) and {n for n, _ in loads[1:]} == {"lpla-reader"}
+    table = read_scores(out)
+    assert summary["complete"] and summary["rows"] == 100 and summary["parts"] == 4
+    assert table.column("row").to_pylist() == list(range(100))  # every row once, in order
+    _, fixed = _job(job_inputs, "switch-fixed", workers=0)
+    np.testing.assert_allclose(table.column("score").to_numpy(), read_scores(fixed).column("score").to_numpy(),
+                               rtol=1e-5, atol=1e-5)

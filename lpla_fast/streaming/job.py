@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
@@ -59,8 +60,10 @@ def resolve_p(config: ScoreConfig, calibration) -> float:
     return calibration.p if calibration is not None else DEFAULT_P
 
 
-def job_settings(config: ScoreConfig, calibration, p: float, id_type=None, encoder=None) -> dict:
-    """What a resumed run must share with the run that started the output folder."""
+def job_settings(config: ScoreConfig, calibration, p: float, id_type=None, encoder=None,
+                 encoder_sha256: Optional[str] = None) -> dict:
+    """What a resumed run must share with the run that started the output folder
+    (`encoder_sha256`: the encoder's `encoder_digest`, computed here when not given)."""
     digest = None
     if calibration is not None and config.stat == "lpla":
         canonical = json.dumps(calibration.to_dict(), sort_keys=True).encode()
@@ -75,8 +78,8 @@ def job_settings(config: ScoreConfig, calibration, p: float, id_type=None, encod
         "id_type": None if id_type is None else str(id_type),
     }
     if config.images is not None:
-        settings.update(encoder_sha256=encoder_digest(config.encoder), output=config.output, K=config.K,
-                        view_seed=config.view_seed, write_embeddings=config.write_embeddings)
+        settings.update(encoder_sha256=encoder_sha256 or encoder_digest(config.encoder), output=config.output,
+                        K=config.K, view_seed=config.view_seed, write_embeddings=config.write_embeddings)
     return settings
 
 
@@ -195,16 +198,20 @@ def plan_job(config: ScoreConfig, device: Optional[str] = None) -> JobPlan:
     """
     from .scorer import make_scorer
 
-    calibration = load_calibration(config)
-    p = resolve_p(config, calibration)
-    encoder = load_job_encoder(config, device or "cpu") if config.images is not None else None
-    if encoder is not None and calibration is not None and config.stat == "lpla":
-        calibration.check_dim(encoder.embed_dim(config.output), f"the encoder's {config.output} embeddings")
-    source = make_source(config, encoder)
-    shards, errors = _open_shards(source, calibration)
-    id_type = common_id_type(shards)
-    scorer = make_scorer(config, calibration, p, id_type, encoder)
-    settings = job_settings(config, calibration, p, id_type, encoder)
+    with ThreadPoolExecutor(1) as background:
+        # Hashing the encoder's files (tens of ms for a ResNet-18) releases the GIL: it runs
+        # while the encoder loads and the shards open.
+        digest = background.submit(encoder_digest, config.encoder) if config.images is not None else None
+        calibration = load_calibration(config)
+        p = resolve_p(config, calibration)
+        encoder = load_job_encoder(config, device or "cpu") if config.images is not None else None
+        if encoder is not None and calibration is not None and config.stat == "lpla":
+            calibration.check_dim(encoder.embed_dim(config.output), f"the encoder's {config.output} embeddings")
+        source = make_source(config, encoder)
+        shards, errors = _open_shards(source, calibration)
+        id_type = common_id_type(shards)
+        scorer = make_scorer(config, calibration, p, id_type, encoder)
+        settings = job_settings(config, calibration, p, id_type, encoder, digest and digest.result())
     manifest = Manifest.open(os.path.join(config.out, "manifest.json"), settings, overwrite=config.overwrite)
     for shard in shards:
         manifest.begin_shard(shard.path, shard.n_rows, shard.size)

@@ -16,7 +16,7 @@ import queue
 import sys
 import threading
 import time
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 
@@ -64,7 +64,9 @@ class _PinnedPool:
         raise _Stop
 
 
-def _reader(plan: JobPlan, pending, out: queue.Queue, stop: threading.Event, pool) -> None:
+def _reader(plan: JobPlan, pending, out: queue.Queue, stop: threading.Event, pool,
+            halt: Optional[threading.Event] = None) -> None:
+    """Put the chunks of `pending` on `out`, then _DONE; `halt` set: stop after the chunk in hand."""
     try:
         for shard, chunk in plan.source.stream(pending):
             staged = None
@@ -76,7 +78,12 @@ def _reader(plan: JobPlan, pending, out: queue.Queue, stop: threading.Event, poo
                 staged.copy_(views)
                 staged = (staged, buf)
             _put(out, (shard, chunk, staged), stop)
+            if halt is not None and halt.is_set():
+                break
         _put(out, _DONE, stop)
+        # Alive to the job's end: its OpenMP team (views drawing) keeps the forward pass's
+        # threads waiting passively up to the last chunk (see `tuning`).
+        stop.wait()
     except _Stop:
         pass
     except BaseException as exc:  # surfaced by the main thread
@@ -84,6 +91,11 @@ def _reader(plan: JobPlan, pending, out: queue.Queue, stop: threading.Event, poo
             _put(out, exc, stop)
         except _Stop:
             pass
+
+
+def _start_reader(plan: JobPlan, pending, out: queue.Queue, stop: threading.Event, pool=None, halt=None) -> None:
+    threading.Thread(target=_reader, args=(plan, pending, out, stop, pool, halt), daemon=True,
+                     name="lpla-reader").start()
 
 
 def _writer(plan: JobPlan, inbox: queue.Queue, errors: list) -> None:
@@ -134,24 +146,16 @@ def run_local(config: ScoreConfig) -> Dict[str, object]:
     pool = _PinnedPool(3) if cuda else None
     bar = _progress(plan)
     threads_before = torch_threads()
-    pending = plan.pending()
-    try:
-        probed, pending, threads = _tune(plan, pending, bar) if config.images is not None else ([], pending, None)
-    except BaseException:
-        bar.close()
-        set_torch_threads(threads_before)
-        raise
-    # Worker processes already read ahead: their DataLoader is iterated here, not in a thread.
-    workers = config.images is not None and plan.source.workers > 0
-    if not workers:
-        threading.Thread(target=_reader, args=(plan, pending, chunks, stop, pool), daemon=True,
-                         name="lpla-reader").start()
     writer = threading.Thread(target=_writer, args=(plan, commits, write_errors), daemon=True, name="lpla-writer")
     writer.start()
-    t0, nbytes, bad = time.perf_counter(), 0, set()
-    streamed = ((shard, chunk, None) for shard, chunk in plan.source.stream(pending)) if workers else _queued(chunks)
+    t0, nbytes, bad, threads = time.perf_counter(), 0, set(), None
     try:
-        for shard, chunk, staged in itertools.chain(probed, streamed):
+        if config.images is not None:
+            items, threads = _tune(plan, plan.pending(), chunks, stop, bar)
+        else:
+            _start_reader(plan, plan.pending(), chunks, stop, pool)
+            items = _queued(chunks)
+        for shard, chunk, staged in items:
             if shard.path in bad:
                 if pool is not None and staged is not None:
                     pool.free.put(staged[1])
@@ -190,53 +194,81 @@ def run_local(config: ScoreConfig) -> Dict[str, object]:
     return summary
 
 
-def _tune(plan: JobPlan, pending, bar):
-    """Choose an image job's thread settings (`tuning.choose_threads`) from the costs of its first
-    chunk, read and scored here one after the other, and set them.
+def _tune(plan: JobPlan, pending, chunks: queue.Queue, stop: threading.Event, bar):
+    """Start an image job's pipeline with the thread settings `tuning.choose_threads` picks from
+    the costs of its first chunk, measured in the running pipeline; returns (the job's chunks as
+    (shard, chunk or ShardError, _Scored or None), the ThreadPlan).
 
-    Returns (the probed chunks as (shard, chunk or ShardError, _Scored or None), what is left of
-    `pending`, the ThreadPlan).
-    One chunk only: it runs without overlap, and its forward pass with OpenMP threads that spin
-    (no reader thread yet). Its time includes the layers' first-call set-up, which errs toward
-    "decoding is light", the reader thread.
+    The first chunk is decoded on one thread (as in a worker process), timed; then the reader
+    thread starts on the other chunks, and the first chunk's forward pass is timed while the
+    reader decodes the next ones. Light decoding: the reader thread goes on. Heavy: it stops
+    after the chunk in hand, the chunks it delivered are scored here, and worker processes
+    stream the rest; every chunk once. The forward pass is timed beside the reader's decoding
+    and includes the layers' first-call set-up: both err toward "decoding is light".
+    Nothing to measure (--workers given, CUDA, one core): the settings are applied up front.
     """
     from .tuning import available_cores, choose_threads, user_set_threads
 
     config, source = plan.config, plan.source
     cores, keep = available_cores(), user_set_threads()
-    user_workers = config.workers
-    first = [(shard, c) for shard, chunks in pending for c in chunks][:1]
-    probed, decode, forward = [], [], []
-    if user_workers is None and config.device == "cpu" and cores > 1:
-        for shard, (start, stop) in first:
-            if not keep:
-                set_torch_threads(1)  # as in a worker process
+    if config.workers is not None or config.device != "cpu" or cores == 1:
+        threads = _apply(choose_threads(cores, config.device, None, None, config.workers, keep), plan, bar)
+        if threads.workers:  # worker processes read ahead: their DataLoader is iterated here
+            return ((shard, chunk, None) for shard, chunk in source.stream(pending)), threads
+        _start_reader(plan, pending, chunks, stop)
+        return _queued(chunks), threads
+    first = [(shard, c) for shard, chunks_ in pending for c in chunks_][:1]
+    probed, decode, forward = [], None, None
+    for shard, (start, end) in first:
+        if not keep:
+            set_torch_threads(1)  # as in a worker process
+        t = time.perf_counter()
+        try:
+            chunk = source.load(shard, start, end)
+            decode = (time.perf_counter() - t) / (end - start)
+        except ShardError as exc:
+            chunk = exc
+        if not keep:
+            set_torch_threads(cores)
+        probed.append((shard, chunk, None))
+    rest = _left(pending, probed)
+    halt = threading.Event()
+    source.workers = 0
+    _start_reader(plan, rest, chunks, stop, halt=halt)
+    for i, (shard, chunk, _) in enumerate(probed):
+        if isinstance(chunk, Chunk):
             t = time.perf_counter()
             try:
-                chunk = source.load(shard, start, stop)
-            except ShardError as exc:
-                probed.append((shard, exc, None))
-                break
-            decode.append((time.perf_counter() - t) / (stop - start))
-            if not keep:
-                set_torch_threads(cores)
-            t = time.perf_counter()
-            try:
-                scored = _Scored(plan.scorer.score_chunk(chunk, config.device))
+                probed[i] = (shard, chunk, _Scored(plan.scorer.score_chunk(chunk, config.device)))
+                forward = (time.perf_counter() - t) / (chunk.stop - chunk.start)
             except ShardError as exc:  # NaN rows: the shard is bad, as in the main loop
-                probed.append((shard, exc, None))
-                break
-            probed.append((shard, chunk, scored))
-            forward.append((time.perf_counter() - t) / (stop - start))
-    threads = choose_threads(cores, config.device, forward[0] if forward else None, decode[0] if decode else None,
-                             user_workers, keep)
+                probed[i] = (shard, exc, None)
+    threads = choose_threads(cores, config.device, forward, decode, None, keep)
+    if not threads.workers:
+        _apply(threads, plan, bar)
+        return itertools.chain(probed, _queued(chunks)), threads
+    halt.set()
+    delivered = list(_queued(chunks))  # what the reader read before it stopped
+    _apply(threads, plan, bar)
+    streamed = ((shard, chunk, None) for shard, chunk in source.stream(_left(rest, delivered)))
+    return itertools.chain(probed, delivered, streamed), threads
+
+
+def _apply(threads, plan: JobPlan, bar):
+    """Set a ThreadPlan (torch's threads, the source's worker processes); its stage line."""
     if threads.torch_threads is not None:
         set_torch_threads(threads.torch_threads)
-    source.workers, source.pin_memory = threads.workers, threads.pin_memory
-    if config.progress:
+    plan.source.workers, plan.source.pin_memory = threads.workers, threads.pin_memory
+    if plan.config.progress:
         bar.write(f"[lpla score] threads: {threads.describe()}", file=sys.stderr)
-    done = {(shard.path, chunk.start) for shard, chunk, _ in probed if isinstance(chunk, Chunk)}
-    bad = {shard.path for shard, chunk, _ in probed if isinstance(chunk, ShardError)}
+    return threads
+
+
+def _left(pending, items):
+    """`pending` without the chunks of `items` ((shard, chunk or ShardError, ...)) and without
+    the rest of a shard that one of them found bad."""
+    done = {(shard.path, chunk.start) for shard, chunk, *_ in items if isinstance(chunk, Chunk)}
+    bad = {shard.path for shard, chunk, *_ in items if isinstance(chunk, ShardError)}
     left = []
     for shard, chunks in pending:
         if shard.path in bad:
@@ -244,7 +276,7 @@ def _tune(plan: JobPlan, pending, bar):
         chunks = [c for c in chunks if (shard.path, c[0]) not in done]
         if chunks:
             left.append((shard, chunks))
-    return probed, left, threads
+    return left
 
 
 class _Scored(tuple):
