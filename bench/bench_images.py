@@ -46,7 +46,7 @@ import numpy as np
 import pytest
 
 K = 4
-ROUNDS = 3
+ROUNDS = 5  # interleaved rounds per case; the 128-image ResNet-18 run lasts under a second
 CORPUS = 2048  # images of the realistic source
 SHARD = 32  # images per tar shard of the realistic source
 RSS_ROWS = 64  # images per chunk of the memory test

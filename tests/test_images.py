@@ -122,6 +122,28 @@ def test_every_source_scores_like_query_views(tmp_path, encoder_dir, calib_path,
         assert paths == [f"s{i:05d}.png" for i in range(70)]
 
 
+@pytest.mark.parametrize("output", ["backbone", "head"])
+def test_images_of_32_pixels_run_channels_last_and_score_as_query_views(tmp_path, output):
+    """From 32 pixels on, the CPU job runs the encoder in the channels-last layout (faster there);
+    the scores stay those of query_views' contiguous forward pass, to float precision."""
+    from lpla_fast.streaming.scorer import CHANNELS_LAST_MIN_SIDE
+
+    side = CHANNELS_LAST_MIN_SIDE
+    torch.manual_seed(1)
+    encoder = build_encoder(TrainConfig(framework="simclr", backbone="small_cnn", width=8, image_size=side,
+                                        proj_dim=16, augmentation="natural"))
+    folder = str(tmp_path / "encoder")
+    save_encoder(encoder, folder)
+    calib = calibration_for(folder, output)
+    calib.save(tmp_path / "calib.json")
+    images = random_images(40, seed=4, size=side)
+    np.save(tmp_path / "a.npy", images)
+    summary, out = score(tmp_path, folder, tmp_path / "a.npy", calib=str(tmp_path / "calib.json"), output=output)
+    assert summary["complete"] and summary["rows"] == 40
+    _, scores = expected(folder, images, calib, output=output)
+    np.testing.assert_allclose(read_scores(out).column("score").to_numpy(), scores, rtol=1e-4, atol=1e-4)
+
+
 def test_view_one_is_the_clean_image_and_views_follow_the_seed(tmp_path, encoder_dir):
     images = random_images(40)
     np.save(tmp_path / "a.npy", images)
