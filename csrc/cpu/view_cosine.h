@@ -29,17 +29,14 @@ void cosine_sample_exact(const T* sample, int64_t K, int64_t D, int64_t sK, int6
 // copied into an L1 buffer; a view whose max|x| lies outside [2^-40, 2^40] is scaled by a
 // power of two (exact, and its cosines do not change) so that products can neither overflow
 // nor lose the large terms to underflow. Dot products then run in 2 x 4 tiles of views
-// (8 float accumulators, six loads per eight FMAs; 16-lane registers in the AVX-512 build,
-// where the 8-lane tiles were FMA-bound at about half of memory bandwidth) and drain into
-// double every kDrainElements elements, which bounds the float rounding error of a cosine
-// by about 1e-6.
+// (8 float accumulators, six loads per eight FMAs) and drain into double every
+// kDrainElements elements, which bounds the float rounding error of a cosine by about 1e-6.
+// Every build sums in this order, so a cosine does not depend on the instruction set (16-lane
+// tiles in the AVX-512 build were no faster here, and their other rounding moved the scores of
+// attacks trained on the cosines).
 constexpr int64_t kDrainElements = 128;
 constexpr int kUnscaledExponent = 40;
-#if defined(LPLA_X86_AVX512)
-constexpr int64_t kGramPad = 16;  // Dp: whole 16-lane registers
-#else
 constexpr int64_t kGramPad = 8;
-#endif
 
 inline int64_t gram_padded(int64_t D) { return (D + kGramPad - 1) / kGramPad * kGramPad; }
 
@@ -108,69 +105,21 @@ struct PrefetchCursor {
 
 // gram[a][b] = sum_{d < Dp} views[a][d] * views[b][d] for a in {i, i+1}, b in {j, .., j+3}; row
 // r of views starts at views + r * stride.
-struct TileRows {
-  const float* a[2];
-  const float* b[4];
-  TileRows(const float* views, int64_t stride, int64_t i, int64_t j)
-      : a{views + i * stride, views + (i + 1) * stride},
-        b{views + j * stride, views + (j + 1) * stride, views + (j + 2) * stride, views + (j + 3) * stride} {}
-};
-
-#if defined(LPLA_X86_AVX512)
-typedef float f32x16 __attribute__((vector_size(64)));
-typedef double f64x8 __attribute__((vector_size(64)));
-
-// GCC's vector extensions where they can: the intrinsics for halves and conversions start from
-// an "undefined" register that GCC 12 warns about.
-inline f32x16 load16f(const float* x) {
-  f32x16 v;
-  std::memcpy(&v, x, sizeof v);
-  return v;
-}
-
 inline void gram_tile(const float* views, int64_t stride, int64_t Dp, int64_t i, int64_t j, int64_t Kp,
                       double* gram, PrefetchCursor& next) {
-  const TileRows rows(views, stride, i, j);
-  f64x8 total[2][4] = {};
-  for (int64_t start = 0; start < Dp; start += kDrainElements) {
-    const int64_t stop = std::min(Dp, start + kDrainElements);
-    f32x16 acc[2][4] = {};
-    for (int64_t d = start; d < stop; d += 16) {
-      next.step();  // two lines per step, as the 8-lane tiles take: the next sample arrives in time
-      next.step();
-      const f32x16 x0 = load16f(rows.a[0] + d), x1 = load16f(rows.a[1] + d);
-      for (int c = 0; c < 4; ++c) {
-        const f32x16 y = load16f(rows.b[c] + d);
-        acc[0][c] = (f32x16)_mm512_fmadd_ps((__m512)x0, (__m512)y, (__m512)acc[0][c]);
-        acc[1][c] = (f32x16)_mm512_fmadd_ps((__m512)x1, (__m512)y, (__m512)acc[1][c]);
-      }
-    }
-    for (int r = 0; r < 2; ++r)
-      for (int c = 0; c < 4; ++c) {
-        const f32x16 v = acc[r][c];
-        total[r][c] += __builtin_convertvector(__builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7), f64x8) +
-                       __builtin_convertvector(__builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15), f64x8);
-      }
-  }
-  for (int r = 0; r < 2; ++r)
-    for (int c = 0; c < 4; ++c) {
-      const f64x8 t = total[r][c];
-      gram[(i + r) * Kp + j + c] = hsum(__builtin_shufflevector(t, t, 0, 1, 2, 3) + __builtin_shufflevector(t, t, 4, 5, 6, 7));
-    }
-}
-#else
-inline void gram_tile(const float* views, int64_t stride, int64_t Dp, int64_t i, int64_t j, int64_t Kp,
-                      double* gram, PrefetchCursor& next) {
-  const TileRows rows(views, stride, i, j);
+  const float* a0 = views + i * stride;
+  const float* a1 = a0 + stride;
+  const float* b[4] = {views + j * stride, views + (j + 1) * stride, views + (j + 2) * stride,
+                       views + (j + 3) * stride};
   f64x4 total[2][4][2] = {};
   for (int64_t start = 0; start < Dp; start += kDrainElements) {
     const int64_t stop = std::min(Dp, start + kDrainElements);
     f32x8 acc[2][4] = {};
     for (int64_t d = start; d < stop; d += 8) {
       next.step();
-      const f32x8 x0 = load8(rows.a[0] + d), x1 = load8(rows.a[1] + d);
+      const f32x8 x0 = load8(a0 + d), x1 = load8(a1 + d);
       for (int c = 0; c < 4; ++c) {
-        const f32x8 y = load8(rows.b[c] + d);
+        const f32x8 y = load8(b[c] + d);
         acc[0][c] = fmadd(x0, y, acc[0][c]);
         acc[1][c] = fmadd(x1, y, acc[1][c]);
       }
@@ -184,7 +133,6 @@ inline void gram_tile(const float* views, int64_t stride, int64_t Dp, int64_t i,
   for (int r = 0; r < 2; ++r)
     for (int c = 0; c < 4; ++c) gram[(i + r) * Kp + j + c] = hsum(total[r][c][0] + total[r][c][1]);
 }
-#endif
 
 // Tiles that cover every (i, j >= i) of a Kp x Kp Gram matrix: rows in pairs, columns in fours
 // from the pair's own four.
