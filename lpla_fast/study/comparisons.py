@@ -195,7 +195,8 @@ def empirical_epsilons(data: ReportData, delta: float = 1e-5) -> List[EmpiricalE
         name = strongest(groups, data.stats)
         for g in (g for g in groups.values() if variant(g[0]) == name):
             n1, n0 = int(g[0].metrics["n_members"]), int(g[0].metrics["n_nonmembers"])
-            spent = [_spent_epsilon(data, r) for r in g]
+            targets = [data.results.target_of(r) for r in g]
+            spent = [t.privacy["epsilon"] if t is not None and t.privacy else None for t in targets]
             out.append(EmpiricalEpsilon(
                 framework=g[0].framework, output=output, defense=g[0].defense, attack=data.labels.get(name, name),
                 accountant=float(TrainingDefense.parse(g[0].defense).dp_epsilon),
@@ -203,12 +204,3 @@ def empirical_epsilons(data: ReportData, delta: float = 1e-5) -> List[EmpiricalE
                 n_members=n1, n_nonmembers=n0, max_provable=metrics.max_provable_epsilon(n1, n0, delta), delta=delta,
                 spent=spent))
     return out
-
-
-def _spent_epsilon(data: ReportData, record) -> Optional[float]:
-    """The epsilon the accountant spent on the encoder an attack record attacked (None if unrecorded)."""
-    for e in data.results.encoders:
-        if (e.role, e.framework, e.seed, e.defense, e.architecture) == \
-                ("target", record.framework, record.seed, record.defense, record.architecture) and e.privacy:
-            return float(e.privacy["epsilon"])
-    return None
