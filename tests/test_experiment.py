@@ -31,7 +31,7 @@ def test_quick_experiment_writes_every_output(quick_run):
     for name in PLOTS:
         assert (quick_run / "plots" / name).stat().st_size > 1000, name
     for framework in ("simclr", "byol"):
-        for model in ("seed0", "seed1", "seed2", "seed3", "shadow"):
+        for model in ("seed0", "seed1", "seed2", "seed3", "shadow", "shadow-complement"):
             assert (quick_run / "encoders" / f"{framework}-small_cnn-8" / model / "model.safetensors").is_file()
     assert (quick_run / "encoders" / "simclr-small_cnn-4" / "seed0" / "model.safetensors").is_file()
     assert (quick_run / "encoders" / "simclr-small_cnn-8-epochs0.5" / "seed0" / "model.safetensors").is_file()
@@ -57,7 +57,7 @@ def test_results_hold_every_study_with_intervals(quick_run):
     # EncoderMI cannot work with one view, nor at the reference level: recorded, not hidden.
     skipped = {(r.attack, r.study) for r in results.records if r.skipped}
     assert ("encodermi-t", "k") in skipped and ("encodermi-t", "knowledge") in skipped
-    headline = [("target", 0), ("target", 1), ("reference", 2), ("reference", 3), ("shadow", 0)]
+    headline = [("target", 0), ("target", 1), ("reference", 2), ("reference", 3), ("shadow", 0), ("shadow", 1)]
     assert [(e.framework, e.role, e.seed) for e in results.encoders] == [
         ("simclr", role, seed) for role, seed in headline] + [("byol", role, seed) for role, seed in headline] + [
         ("simclr", "target", 0), ("simclr", "target", 0)]
@@ -313,12 +313,17 @@ def test_attack_missing_inputs_are_named(embedding_files, tmp_path, capsys):
     assert "--shadow-members" in capsys.readouterr().err
 
 
-def test_attack_on_an_encoder_checkpoint(quick_run, tmp_path):
+def test_attack_on_an_encoder_checkpoint(quick_run, tmp_path, capsys):
     out = tmp_path / "from-encoder"
-    args = ["attack", "--encoder", str(quick_run / "encoders" / "simclr-small_cnn-8" / "seed0"), "--shadow-encoder",
-            str(quick_run / "encoders" / "simclr-small_cnn-8" / "shadow"), "--splits", str(quick_run / "splits.json"),
+    encoders = quick_run / "encoders" / "simclr-small_cnn-8"
+    args = ["attack", "--encoder", str(encoders / "seed0"), "--shadow-encoder", str(encoders / "shadow"),
+            "--shadow-complement", str(encoders / "shadow-complement"), "--splits", str(quick_run / "splits.json"),
             "--k", "4", "--ks", "4", "--ps", "2", "--attacks", "lpla", "norm", "--bootstrap", "0",
             "--out", str(out), "--no-progress"]
+    lone = [a for a in args if a != "--shadow-encoder" and a != str(encoders / "shadow")]
+    assert main(lone[:-3] + ["--out", str(tmp_path / "refused"), "--no-progress"]) == 2
+    assert "--shadow-complement pairs with --shadow-encoder" in capsys.readouterr().err
+    assert not (tmp_path / "refused").exists()
     assert main(args) == 0
     attacked = load_results(str(out))
     experiment = load_results(str(quick_run))

@@ -11,7 +11,7 @@ target's views of the same candidates.
 
 from __future__ import annotations
 
-from .base import AttackerKnowledge, Attack
+from .base import AttackerKnowledge, Attack, LabelledEncoder
 from .encodermi import EncoderMISet, EncoderMIThreshold, EncoderMIVector
 from .knn import KNNAttack
 from .lira import LiRA
@@ -49,7 +49,7 @@ def attack_from_dict(d: dict) -> Attack:
     return _CLASSES[name].from_dict(d)
 
 
-__all__ = ["Attack", "AttackerKnowledge", "ATTACKS", "REFERENCE_ATTACKS", "REFERENCE_LEVEL", "attack_class",
-           "make_attack", "attack_from_dict", "LpLA", "CHARACTERISTICS", "CHOOSERS", "NormThreshold",
+__all__ = ["Attack", "AttackerKnowledge", "LabelledEncoder", "ATTACKS", "REFERENCE_ATTACKS", "REFERENCE_LEVEL",
+           "attack_class", "make_attack", "attack_from_dict", "LpLA", "CHARACTERISTICS", "CHOOSERS", "NormThreshold",
            "EncoderMIThreshold", "EncoderMIVector", "EncoderMISet", "KNNAttack", "LiRA", "RMIA", "ReferenceKnowledge",
            "draw_reference_masks", "STATISTICS", "view_norm_stats"]

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, fields
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from .. import metrics
@@ -25,6 +26,18 @@ _TARGET_NAMES = ("target_reference", "target_training", "calibration_members", "
 
 
 @dataclass
+class LabelledEncoder:
+    """One encoder whose members and non-members the attacker knows: a shadow encoder (with
+    its embeddings of the reference split, `reference`) or, at the audit level, the target
+    itself (its calibration sets, and its reference embeddings when given). Attacks that
+    standardize a statistic do so per encoder, with that encoder's own `reference`."""
+
+    members: Tensor
+    nonmembers: Tensor
+    reference: Optional[Tensor] = None
+
+
+@dataclass
 class AttackerKnowledge:
     """What the attacker holds, as (N, K, D) view embeddings (or None).
 
@@ -34,6 +47,12 @@ class AttackerKnowledge:
     shadow_members / shadow_nonmembers: the shadow encoder's embeddings of its member and
         non-member splits.
     shadow_reference: the shadow encoder's embeddings of the reference split.
+    more_shadows: further shadow encoders, each a LabelledEncoder (members, non-members,
+        reference). Attacks at the shadow level pool every shadow's labelled samples, each
+        standardized with its own encoder's reference: the direction a statistic takes varies
+        from encoder to encoder and with the draw of a shadow's splits, and one shadow encoder
+        cannot show which part of it carries over (the study trains a complement pair: the
+        second shadow's members are the first's non-members).
     target_reference: the target encoder's embeddings of the reference split (known
         non-members).
     target_training: audit only; the target's embeddings of known training samples,
@@ -54,6 +73,7 @@ class AttackerKnowledge:
     target_training: Optional[Tensor] = None
     calibration_members: Optional[Tensor] = None
     calibration_nonmembers: Optional[Tensor] = None
+    more_shadows: Tuple[LabelledEncoder, ...] = ()
     allow_different_dims: bool = False
 
     def __post_init__(self):
@@ -61,13 +81,39 @@ class AttackerKnowledge:
             raise ValueError(f"knowledge level must be one of {LEVELS}, got {self.level!r}")
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name not in ("level", "allow_different_dims") and value is not None:
+            if f.name not in ("level", "allow_different_dims", "more_shadows") and value is not None:
                 setattr(self, f.name, as_views(value, f.name))
-        groups = (_SHADOW_NAMES, _TARGET_NAMES) if self.allow_different_dims else (_SHADOW_NAMES + _TARGET_NAMES,)
-        for group in groups:
-            present = [(n, getattr(self, n)) for n in group if getattr(self, n) is not None]
+        self.more_shadows = tuple(self._checked_shadow(s, i) for i, s in enumerate(self.more_shadows))
+        extra = [(f"more_shadows[{i}].{n}", getattr(s, n)) for i, s in enumerate(self.more_shadows)
+                 for n in ("members", "nonmembers", "reference")]
+        groups = ((_SHADOW_NAMES, extra), (_TARGET_NAMES, [])) if self.allow_different_dims else \
+            ((_SHADOW_NAMES + _TARGET_NAMES, extra),)
+        for group, more in groups:
+            present = [(n, getattr(self, n)) for n in group if getattr(self, n) is not None] + \
+                [(n, v) for n, v in more if v is not None]
             for name, value in present[1:]:
                 check_same_dim(present[0][1], value, present[0][0], name)
+
+    def _checked_shadow(self, shadow, i: int) -> LabelledEncoder:
+        if not isinstance(shadow, LabelledEncoder):
+            raise TypeError(f"more_shadows[{i}] must be a LabelledEncoder(members, nonmembers, reference), "
+                            f"got {type(shadow).__name__}")
+        if self.shadow_members is None or self.shadow_nonmembers is None:
+            raise ValueError("more_shadows adds to the first shadow encoder: pass shadow_members and "
+                             "shadow_nonmembers too")
+        if (shadow.reference is None) != (self.shadow_reference is None):
+            given = "shadow_reference" if shadow.reference is None else f"more_shadows[{i}].reference"
+            raise ValueError(f"{given} is given and the other is not: give every shadow encoder its reference "
+                             "embeddings, or none")
+        checked = LabelledEncoder(*(None if v is None else as_views(v, f"more_shadows[{i}].{n}")
+                                    for n, v in (("members", shadow.members), ("nonmembers", shadow.nonmembers),
+                                                 ("reference", shadow.reference))))
+        k = int(self.shadow_members.shape[1])
+        for name in ("members", "nonmembers"):
+            if int(getattr(checked, name).shape[1]) != k:
+                raise ValueError(f"more_shadows[{i}].{name} has K={getattr(checked, name).shape[1]} views per "
+                                 f"sample; the first shadow encoder's have K={k}")
+        return checked
 
     def first_views(self, k: int) -> "AttackerKnowledge":
         """The same knowledge at query budget k: every array cut to its first k views."""
@@ -75,7 +121,10 @@ class AttackerKnowledge:
             raise ValueError(f"the query budget k must be >= 1, got {k}")
         arrays = {n: None if getattr(self, n) is None else getattr(self, n)[:, :k]
                   for n in _SHADOW_NAMES + _TARGET_NAMES}
-        return AttackerKnowledge(level=self.level, allow_different_dims=self.allow_different_dims, **arrays)
+        more = tuple(LabelledEncoder(s.members[:, :k], s.nonmembers[:, :k],
+                                     None if s.reference is None else s.reference[:, :k]) for s in self.more_shadows)
+        return AttackerKnowledge(level=self.level, allow_different_dims=self.allow_different_dims,
+                                 more_shadows=more, **arrays)
 
     def target_dim(self) -> Optional[int]:
         """D of the target encoder's embeddings (what the fitted attack will score)."""
@@ -96,11 +145,23 @@ class AttackerKnowledge:
         return tuple(getattr(self, n) for n in names)
 
     def labelled_sets(self, attack: str) -> Tuple[Tensor, Tensor]:
-        """The (members, non-members) with known labels: the shadow's, or the audit calibration."""
-        if self.level == "shadow":
-            return self.require("shadow_members", "shadow_nonmembers", attack=attack)
-        if self.level == "audit":
-            return self.require("calibration_members", "calibration_nonmembers", attack=attack)
+        """The (members, non-members) with known labels, every labelled encoder's pooled."""
+        encoders = self.labelled_encoders(attack)
+        if len(encoders) == 1:
+            return encoders[0].members, encoders[0].nonmembers
+        return torch.cat([e.members for e in encoders]), torch.cat([e.nonmembers for e in encoders])
+
+    def labelled_encoders(self, attack: str, level: Optional[str] = None) -> List[LabelledEncoder]:
+        """Each encoder with known members and non-members at `level` (default: this knowledge's):
+        every shadow encoder, or at the audit level the target's calibration sets (reference: its
+        target_reference)."""
+        level = self.level if level is None else level
+        if level == "shadow":
+            members, nonmembers = self.require("shadow_members", "shadow_nonmembers", attack=attack)
+            return [LabelledEncoder(members, nonmembers, self.shadow_reference)] + list(self.more_shadows)
+        if level == "audit":
+            members, nonmembers = self.require("calibration_members", "calibration_nonmembers", attack=attack)
+            return [LabelledEncoder(members, nonmembers, self.target_reference)]
         raise ValueError(
             f"attack {attack!r} needs labelled members and non-members (knowledge level 'shadow' or "
             f"'audit'); level 'reference' holds only known non-members"
@@ -153,6 +214,9 @@ class Attack:
     levels: Tuple[str, ...] = ("shadow", "audit")  # knowledge levels it can be fitted at
     takes_p = False  # whether its statistic is an Lp-norm (swept over p)
     min_views = 1
+    # Whether fit reads only the labelled sets (and D): fitted on the same shadow encoders, it
+    # is then the same attack for every target (the study fits it once per configuration).
+    labelled_data_only = False
 
     def get_params(self) -> dict:
         return init_params(self)

@@ -44,6 +44,7 @@ def similarity_features(views) -> np.ndarray:
 
 class _EncoderMIBase(Attack):
     min_views = 2
+    labelled_data_only = True
 
     def _training_features(self, knowledge: AttackerKnowledge):
         members, nonmembers = knowledge.labelled_sets(self.name)

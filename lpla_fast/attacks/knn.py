@@ -6,8 +6,8 @@ mean similarity to its k nearest neighbours in a bank of embeddings from the sam
 - metric "l2": minus the Euclidean distance (IndexFlatL2 / IVF L2).
 Bank and calibration by knowledge level:
 - "shadow": the target bank is target_reference (known non-members); the direction and
-  threshold are learned on the shadow encoder's members and non-members scored against
-  its own bank, shadow_reference.
+  threshold are learned on the shadow encoders' members and non-members, each scored
+  against its own bank (shadow_reference, more_shadows[i].reference).
 - "audit": the bank is target_training (known members); the statistic is the similarity
   to the nearest training samples (k=1 is the nearest one) and its direction and
   threshold are learned on calibration_members / calibration_nonmembers, which must be
@@ -121,18 +121,21 @@ class KNNAttack(Attack):
         return neighbour_similarity(index, sample_embeddings(views, self.metric), self.k, self.metric)
 
     def fit(self, knowledge: AttackerKnowledge) -> "KNNAttack":
-        members, nonmembers = knowledge.labelled_sets(self.name)
+        encoders = knowledge.labelled_encoders(self.name)
         if knowledge.level == "shadow":
-            shadow_bank, target_bank = knowledge.require("shadow_reference", "target_reference", attack=self.name)
-            calibration_index = self._index(shadow_bank, "shadow_reference")
+            (target_bank,) = knowledge.require("shadow_reference", "target_reference", attack=self.name)[1:]
             self.index_ = self._index(target_bank, "target_reference")
+            banks = [self._index(e.reference, "shadow_reference" if i == 0 else f"more_shadows[{i - 1}].reference")
+                     for i, e in enumerate(encoders)]  # each shadow's labelled samples against its own bank
         else:
             (target_bank,) = knowledge.require("target_training", attack=self.name)
-            self.index_ = calibration_index = self._index(target_bank, "target_training")
+            self.index_ = self._index(target_bank, "target_training")
+            banks = [self.index_]
         self.mode_ = knowledge.level
         self.dim_ = knowledge.target_dim()
-        self.sign_, self.threshold_ = fit_orientation(self._raw(calibration_index, members),
-                                                      self._raw(calibration_index, nonmembers))
+        self.sign_, self.threshold_ = fit_orientation(
+            np.concatenate([self._raw(bank, e.members) for bank, e in zip(banks, encoders)]),
+            np.concatenate([self._raw(bank, e.nonmembers) for bank, e in zip(banks, encoders)]))
         return self
 
     def score(self, views) -> np.ndarray:

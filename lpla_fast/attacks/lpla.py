@@ -56,7 +56,7 @@ from scipy.stats import norm as normal
 from .. import ops
 from .calibration import AGGREGATIONS, CHARACTERISTICS, LpLACalibration  # noqa: F401 (re-exported)
 from . import gaussian
-from .base import LEVELS, Attack, AttackerKnowledge, best_threshold
+from .base import LEVELS, Attack, AttackerKnowledge, LabelledEncoder, best_threshold
 from .statistics import STATISTICS as SAMPLE_STATISTICS
 from .statistics import characteristic_columns, norm_characteristic
 
@@ -200,40 +200,57 @@ class LpLA(Attack):
         return max(self.selection_, key=self.selection_.get)  # the first of equals: CHARACTERISTICS order
 
     def _cross_validate(self, knowledge: AttackerKnowledge, mode: str, candidates) -> dict:
-        """{characteristic: mean held-out AUC} over stratified CV_FOLDS folds of the labelled
-        members and non-members, each fold fitted exactly as `fit` would (shadow folds are
-        standardized and scored with the shadow's own reference)."""
+        """{characteristic: mean held-out AUC} over stratified CV_FOLDS-fold cross-validation on
+        the labelled members and non-members (of every shadow encoder: the folds are stratified by
+        encoder too), each fold fitted exactly as `fit` would; a shadow's held-out samples are
+        standardized with its own encoder's reference."""
         from sklearn.model_selection import StratifiedKFold
 
         from ..metrics import roc_auc
 
-        if mode == "shadow":
-            members, nonmembers = knowledge.require("shadow_members", "shadow_nonmembers", attack=self.name)
-            reference = {"shadow_reference": knowledge.shadow_reference,
-                         "target_reference": knowledge.shadow_reference}
-            names = ("shadow_members", "shadow_nonmembers")
-        else:
-            members, nonmembers = knowledge.require("calibration_members", "calibration_nonmembers",
-                                                    attack=self.name)
-            reference = {"target_reference": knowledge.target_reference}
-            names = ("calibration_members", "calibration_nonmembers")
-        labels = np.r_[np.ones(len(members), bool), np.zeros(len(nonmembers), bool)]
-        folds = min(CV_FOLDS, len(members), len(nonmembers))
+        encoders = knowledge.labelled_encoders(self.name, mode)
+        views = torch.cat([v for e in encoders for v in (e.members, e.nonmembers)])
+        labels = np.concatenate([np.r_[np.ones(len(e.members), bool), np.zeros(len(e.nonmembers), bool)]
+                                 for e in encoders])
+        owner = np.concatenate([np.full(len(e.members) + len(e.nonmembers), i) for i, e in enumerate(encoders)])
+        strata = 2 * owner + labels
+        folds = min(CV_FOLDS, int(np.bincount(strata, minlength=2 * len(encoders)).min()))
         if folds < 2:
             raise ValueError(f"characteristic {SELECT!r} needs at least 2 labelled members and non-members to "
                              f"choose by cross-validation; pass a characteristic of {CHARACTERISTICS}")
-        views = torch.cat([members, nonmembers])
         params = dict(self.get_params(), knowledge=mode)
         aucs = {c: [] for c in candidates}
-        split = StratifiedKFold(folds, shuffle=True, random_state=self.seed).split(labels, labels)
-        for train, test in split:
-            train_m, train_n = train[labels[train]], train[~labels[train]]
-            fold = AttackerKnowledge(level=mode, allow_different_dims=True, **reference,
-                                     **dict(zip(names, (views[train_m], views[train_n]))))
+        for train, test in StratifiedKFold(folds, shuffle=True, random_state=self.seed).split(strata, strata):
+            fold = self._fold_knowledge(knowledge, mode, encoders, views, labels, owner, train)
             for c in candidates:
-                scores = LpLA(**dict(params, characteristic=c)).fit(fold).score(views[test])
+                attack = LpLA(**dict(params, characteristic=c)).fit(fold)
+                if mode == "shadow":
+                    scores = np.empty(len(test))
+                    for i, e in enumerate(encoders):
+                        rows = owner[test] == i
+                        scores[rows] = attack._score_against(views[test[rows]], e.reference)
+                else:
+                    scores = attack.score(views[test])
                 aucs[c].append(roc_auc(scores, labels[test]))
         return {c: float(np.mean(v)) for c, v in aucs.items()}
+
+    @staticmethod
+    def _fold_knowledge(knowledge, mode, encoders, views, labels, owner, rows) -> AttackerKnowledge:
+        """The knowledge of one cross-validation fold: each labelled encoder's samples in `rows`."""
+        parts = [LabelledEncoder(views[rows[(owner[rows] == i) & labels[rows]]],
+                                 views[rows[(owner[rows] == i) & ~labels[rows]]], e.reference)
+                 for i, e in enumerate(encoders)]
+        if mode == "shadow":
+            return AttackerKnowledge(level=mode, allow_different_dims=True, shadow_members=parts[0].members,
+                                     shadow_nonmembers=parts[0].nonmembers, shadow_reference=parts[0].reference,
+                                     target_reference=parts[0].reference, more_shadows=tuple(parts[1:]))
+        return AttackerKnowledge(level=mode, allow_different_dims=True, target_reference=knowledge.target_reference,
+                                 calibration_members=parts[0].members, calibration_nonmembers=parts[0].nonmembers)
+
+    def _score_against(self, views, reference) -> np.ndarray:
+        """Scores of another encoder's views, standardized with that encoder's own reference."""
+        moments = self._reference_moments(reference, "reference")
+        return self._score_standardized(self._standardized(self._stat(views, "views"), moments))
 
     def _stat(self, views, name) -> np.ndarray:
         """(N, K) view statistics, or (N, V) values of another characteristic."""
@@ -269,21 +286,23 @@ class LpLA(Attack):
         self.columns_ = list(characteristic_columns(self.chosen_, self.p, k))
         if mode == "reference":
             (target_ref,) = knowledge.require("target_reference", attack=self.name)
-            source_ref = target_ref
-            members, nonmembers = None, target_ref
-        elif mode == "shadow":
-            members, nonmembers = knowledge.require("shadow_members", "shadow_nonmembers", attack=self.name)
-            source_ref, target_ref = (knowledge.require("shadow_reference", "target_reference", attack=self.name)
-                                      if self.standardize else (None, None))
+            t_in, t_out = None, self._standardized(self._stat(target_ref, "non-members"),
+                                                   self._reference_moments(target_ref, "reference"))
         else:
-            members, nonmembers = knowledge.require("calibration_members", "calibration_nonmembers",
-                                                    attack=self.name)
-            # One encoder: any reference standardizes both sides alike.
-            source_ref = target_ref = nonmembers if knowledge.target_reference is None else knowledge.target_reference
-        source = self._reference_moments(source_ref, "reference")
+            encoders = knowledge.labelled_encoders(self.name, mode)
+            if mode == "shadow":
+                target_ref = (knowledge.require("shadow_reference", "target_reference", attack=self.name)[1]
+                              if self.standardize else None)
+            else:  # one encoder: any reference standardizes both sides alike
+                target_ref = encoders[0].nonmembers if encoders[0].reference is None else encoders[0].reference
+                encoders = [LabelledEncoder(encoders[0].members, encoders[0].nonmembers, target_ref)]
+            # Every labelled encoder's statistics, each standardized with its own reference.
+            sources = [self._reference_moments(e.reference, "reference") for e in encoders]
+            t_in = np.concatenate([self._standardized(self._stat(e.members, "members"), m)
+                                   for e, m in zip(encoders, sources)])
+            t_out = np.concatenate([self._standardized(self._stat(e.nonmembers, "non-members"), m)
+                                    for e, m in zip(encoders, sources)])
         target = self._reference_moments(target_ref, "target_reference")
-        t_in = None if members is None else self._standardized(self._stat(members, "members"), source)
-        t_out = self._standardized(self._stat(nonmembers, "non-members"), source)
         self.mode_ = mode
         self.dim_ = knowledge.target_dim()
         self.reference_moments_ = [target[0], target[1]]

@@ -53,19 +53,21 @@ class NormThreshold(Attack):
             self.sign_ = 0.0
             self.threshold_ = float(np.quantile(self._oriented(self._mean_norm(target_ref)), 1 - self.reference_fpr))
             return self
-        members, nonmembers = knowledge.labelled_sets(self.name)
+        encoders = knowledge.labelled_encoders(self.name)
         if knowledge.level == "shadow" and self.standardize:
-            shadow_ref, target_ref = knowledge.require("shadow_reference", "target_reference", attack=self.name)
+            (target_ref,) = knowledge.require("shadow_reference", "target_reference", attack=self.name)[1:]
         else:
             # Audit: one encoder, the same standardization on both sides.
-            shadow_ref = target_ref = knowledge.target_reference if self.standardize else None
-        source = self._moments(shadow_ref)
+            target_ref = knowledge.target_reference if self.standardize else None
         self.reference_moments_ = list(self._moments(target_ref))
 
-        def standardized(views):
+        def standardized(views, reference):  # each labelled encoder by its own reference
+            source = self._moments(reference if self.standardize else None)
             return (self._mean_norm(views) - source[0]) / source[1]
 
-        self.sign_, self.threshold_ = fit_orientation(standardized(members), standardized(nonmembers))
+        self.sign_, self.threshold_ = fit_orientation(
+            np.concatenate([standardized(e.members, e.reference) for e in encoders]),
+            np.concatenate([standardized(e.nonmembers, e.reference) for e in encoders]))
         return self
 
     def _oriented(self, mean_norm: np.ndarray) -> np.ndarray:

@@ -37,6 +37,9 @@ def add_parser(subparsers) -> None:
     enc = parser.add_argument_group("encoder checkpoints (folders written by `lpla train` or `lpla experiment`)")
     enc.add_argument("--encoder", metavar="DIR", help="the target encoder")
     enc.add_argument("--shadow-encoder", metavar="DIR", help="the shadow encoder")
+    enc.add_argument("--shadow-complement", metavar="DIR",
+                     help="a second shadow encoder, trained on the shadow_nonmembers split (its non-members: "
+                          "shadow_members), pooled with the first, as `lpla experiment` trains them")
     enc.add_argument("--splits", metavar="JSON", help="splits.json naming the member / non-member / reference samples")
     enc.add_argument("--dataset", choices=DATASETS, metavar="NAME", default="digits",
                      help="dataset the splits index, of %(choices)s (default: %(default)s)")
@@ -107,33 +110,41 @@ def _views_from_files(args):
 
 
 def _views_from_encoders(args, study):
+    from ..attacks import LabelledEncoder
     from ..data import load_dataset
     from ..encoders import load_encoder, query_split_views
-    from ..study import ViewSet
     from ..splits import Splits
+    from ..study import ViewSet
 
     if not args.splits:
         raise ValueError("--encoder needs --splits (a splits.json naming the samples)")
     splits = Splits.from_json(args.splits)
     target = load_encoder(args.encoder, device=args.device)
+    if args.shadow_complement and not args.shadow_encoder:
+        raise ValueError("--shadow-complement pairs with --shadow-encoder (the shadow trained on shadow_members)")
     shadow = load_encoder(args.shadow_encoder, device=args.device) if args.shadow_encoder else None
+    complement = load_encoder(args.shadow_complement, device=args.device) if args.shadow_complement else None
     data = load_dataset(args.dataset, args.data_root, args.image_size or target.config.image_size)
     if splits.num_samples and splits.num_samples != len(data):
         raise ValueError(f"--splits indexes {splits.num_samples} samples but dataset {args.dataset!r} has {len(data)}")
     k = study.max_k
     names = ("target_members", "target_nonmembers", "reference")
     t = query_split_views(target, data.images, splits, names, tuple(args.outputs), k, seed=args.seed)
-    s = (query_split_views(shadow, data.images, splits, ("shadow_members", "shadow_nonmembers", "reference"),
-                           tuple(args.outputs), k, seed=args.seed) if shadow is not None else None)
+    shadow_splits = ("shadow_members", "shadow_nonmembers", "reference")
+    s, c = (None if e is None else query_split_views(e, data.images, splits, shadow_splits, tuple(args.outputs), k,
+                                                     seed=args.seed) for e in (shadow, complement))
+    has_reference = len(splits.reference) > 0
     views = {}
     for o in args.outputs:
+        more = () if c is None else (LabelledEncoder(c[o]["shadow_nonmembers"], c[o]["shadow_members"],
+                                                     c[o]["reference"] if has_reference else None),)
         views[o] = ViewSet(members=t[o]["target_members"], nonmembers=t[o]["target_nonmembers"],
-                           target_reference=t[o]["reference"] if len(splits.reference) else None,
+                           target_reference=t[o]["reference"] if has_reference else None,
                            shadow_members=s[o]["shadow_members"] if s else None,
                            shadow_nonmembers=s[o]["shadow_nonmembers"] if s else None,
-                           shadow_reference=s[o]["reference"] if s and len(splits.reference) else None)
-    inputs = {"--encoder": args.encoder, "--shadow-encoder": args.shadow_encoder, "--splits": args.splits,
-              "--dataset": args.dataset}
+                           shadow_reference=s[o]["reference"] if s and has_reference else None, more_shadows=more)
+    inputs = {"--encoder": args.encoder, "--shadow-encoder": args.shadow_encoder,
+              "--shadow-complement": args.shadow_complement, "--splits": args.splits, "--dataset": args.dataset}
     return views, inputs, target.config.framework
 
 

@@ -70,7 +70,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--out", default="runs/experiment", help="run folder (default: %(default)s)")
     parser.add_argument("--preset", choices=PRESETS, default=DEFAULT_PRESET, metavar="NAME",
                         help="the study to run, of %(choices)s (default: %(default)s): quick is tiny encoders and a "
-                             "little of every axis, default about 15 minutes on 2 CPU cores, power SimCLR with the "
+                             "little of every axis, default about 11 minutes on 2 CPU cores, power SimCLR with the "
                              "seeds to decide a 0.02 AUC difference, full hours on a CPU, "
                              "paper CIFAR-10 with ResNet-18 on a GPU (README: The main job, the presets table)")
     parser.add_argument("--quick", action="store_true", help="the same as --preset quick")

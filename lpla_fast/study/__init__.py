@@ -3,18 +3,18 @@
 It trains the encoders of every configuration (framework x architecture x training-time
 defense) in one parallel stage: per configuration a pool of encoders on random halves of the
 candidate pool, attacked in turn as targets (one per seed) with the others as reference
-encoders, and for the headline configurations a shadow encoder. It then measures each
-target's feature quality, queries K augmented views once at the largest K (smaller budgets
-are slices), runs every table's attacks, and reports leakage beside quality with
-across-seed intervals. Everything goes to one run folder:
+encoders, and for the headline configurations a complementary pair of shadow encoders. It
+then measures each target's feature quality, queries K augmented views once at the largest K
+(smaller budgets are slices), runs every table's attacks, and reports leakage beside quality
+with across-seed intervals. Everything goes to one run folder:
 
-    config.json, splits.json                   what made the run
-    encoders/<configuration>/seed<s>|shadow/   the trained encoders
-    embeddings/<configuration>/*.npy           view embeddings (only with save_embeddings)
-    calibration-<framework>[-head].json        seed 0's fitted LpLA calibrations, for `lpla score`
-    results.json                               every number (typed records, `load_results`)
-    report.md, report.html, plots/*.png        the report and its figures
-    scores.parquet, roc/*.npz                  per-sample scores; Privacy Meter-style ROC files
+    config.json, splits.json                 what made the run
+    encoders/<configuration>/<encoder>/      the trained encoders: seed<s>, shadow, shadow-complement
+    embeddings/<configuration>/*.npy         view embeddings (only with save_embeddings)
+    calibration-<framework>[-head].json      seed 0's fitted LpLA calibrations, for `lpla score`
+    results.json                             every number (typed records, `load_results`)
+    report.md, report.html, plots/*.png      the report and its figures
+    scores.parquet, roc/*.npz                per-sample scores; Privacy Meter-style ROC files
 
 Modules: settings (StudyConfig, ExperimentConfig, presets), groups (configurations and their
 encoders), knowledge (ViewSet, AuditSplit, make_knowledge), plan (the tables' jobs),

@@ -18,7 +18,7 @@ import numpy as np
 from torch import Tensor
 
 from .. import metrics
-from ..attacks import ReferenceKnowledge, make_attack
+from ..attacks import ReferenceKnowledge, attack_class, make_attack
 from .knowledge import AuditSplit, ViewSet, make_knowledge
 from .plan import Job, attack_params, skip_reason
 from .results import AttackRecord, SampleScores
@@ -53,6 +53,24 @@ class ReferenceSet:
                                   target_population_views=self.target_population[:, :k] if has_population else None)
 
 
+class ShadowFits:
+    """The shadow-level fits of attacks that read only the labelled sets
+    (`Attack.labelled_data_only`: EncoderMI's): the same for every target of a configuration,
+    so each is fitted once per shadow views, output, query budget and parameters, and reused."""
+
+    def __init__(self):
+        self._fits = {}
+
+    def fitted(self, job: Job, params: dict, views: ViewSet, output, fit):
+        key = (job.attack, repr(sorted(params.items())), job.k, output)
+        hit = self._fits.get(key)
+        if hit is not None and hit[0] is views.shadow_members:  # the very same shadow views
+            return hit[1]
+        attack = fit()
+        self._fits[key] = (views.shadow_members, attack)  # holding the views keeps their identity unique
+        return attack
+
+
 @dataclass
 class AttackStageResult:
     """What `attack_target` returns: the records, the main table's fitted LpLA calibration (a
@@ -85,10 +103,11 @@ def _evaluate(study: StudyConfig, job: Job, record: AttackRecord, member_scores,
 
 def run_job(study: StudyConfig, job: Job, views: ViewSet, audit: Optional[AuditSplit],
             ids: Tuple[np.ndarray, np.ndarray], references: Optional[ReferenceSet] = None,
-            **target) -> Tuple[AttackRecord, object]:
+            fits: Optional[ShadowFits] = None, **target) -> Tuple[AttackRecord, object]:
     """Fit one attack and score the evaluated members and non-members: (record, fitted attack
-    or None). ids: dataset indices of views.members and views.nonmembers. `target`: the
-    record's framework, output, seed, backbone, width, defense."""
+    or None). ids: dataset indices of views.members and views.nonmembers. fits: the
+    configuration's ShadowFits (None: fit every time). `target`: the record's framework,
+    output, seed, backbone, width, defense."""
     n_refs = 0 if references is None else len(references.reference_views)
     record = AttackRecord(study=job.study, attack=job.attack, level=job.level, k=int(job.k),
                           skipped=skip_reason(job.attack, job.level, job.k, views, job.statistic, n_refs,
@@ -115,8 +134,13 @@ def run_job(study: StudyConfig, job: Job, views: ViewSet, audit: Optional[AuditS
         member_pos, nonmember_pos = np.flatnonzero(references.target_mask), np.flatnonzero(~references.target_mask)
         member_scores, nonmember_scores = scores[member_pos][eval_m], scores[nonmember_pos][eval_n]
     else:
-        attack = make_attack(job.attack, **attack_params(study, job.attack, views, job.p, job.characteristic))
-        attack.fit(make_knowledge(views.sliced(job.k), job.level, audit))
+        params = attack_params(study, job.attack, views, job.p, job.characteristic)
+
+        def fit():
+            return make_attack(job.attack, **params).fit(make_knowledge(views.sliced(job.k), job.level, audit))
+
+        reusable = fits is not None and job.level == "shadow" and attack_class(job.attack).labelled_data_only
+        attack = fits.fitted(job, params, views, target.get("output"), fit) if reusable else fit()
         member_scores = attack.score(views.members[eval_m, :job.k])
         nonmember_scores = attack.score(views.nonmembers[eval_n, :job.k])
     record.params = attack.get_params()
@@ -129,9 +153,10 @@ def run_job(study: StudyConfig, job: Job, views: ViewSet, audit: Optional[AuditS
 
 def attack_target(views: ViewSet, study: StudyConfig, jobs: List[Job], ids=None,
                   references: Optional[ReferenceSet] = None, progress: bool = True,
-                  **target) -> AttackStageResult:
+                  fits: Optional[ShadowFits] = None, **target) -> AttackStageResult:
     """Run `jobs` on one target's views (see the module docstring). ids: dataset indices of
-    the members and non-members (default: their positions)."""
+    the members and non-members (default: their positions); fits: shared by the targets of a
+    configuration (`ShadowFits`)."""
     from tqdm.auto import tqdm
 
     if ids is None:
@@ -140,7 +165,7 @@ def attack_target(views: ViewSet, study: StudyConfig, jobs: List[Job], ids=None,
     records, calibration = [], None
     name = "/".join(str(target[k]) for k in ("framework", "output") if target.get(k) is not None)
     for job in tqdm(jobs, desc=f"attacks {name}", unit="fit", disable=not progress, leave=False):
-        record, attack = run_job(study, job, views, audit, ids, references, **target)
+        record, attack = run_job(study, job, views, audit, ids, references, fits, **target)
         records.append(record)
         if job.study == "main" and job.attack == "lpla" and attack is not None:
             calibration = getattr(attack, "calibration_", None)

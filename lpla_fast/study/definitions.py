@@ -35,8 +35,10 @@ labels or gradients. Everything more specific is our own definition, and each ch
   (the view norms), `encodermi` (view agreement), `knn`, or an LpLA characteristic.
 - **LpLA family**: LpLA, the norm threshold, and LiRA / RMIA over a norm statistic; the baselines are
   EncoderMI, kNN, and LiRA / RMIA over their statistics.
-- **Knowledge levels**: `reference` (known non-members queried on the target), `shadow` (a shadow
-  encoder of the same recipe trained on disjoint data), `audit` (the auditor knows the training set).
+- **Knowledge levels**: `reference` (known non-members queried on the target), `shadow` (shadow
+  encoders of the same recipe trained on disjoint data: a complementary pair, one on each shadow
+  split, whose labelled samples are pooled, each standardized with its own encoder's reference),
+  `audit` (the auditor knows the training set).
   The audit level halves the target's members and non-members (seeded): it calibrates on the first
   halves and is evaluated on the second halves. The knowledge sweep evaluates every level on those
   same second halves, so its numbers are comparable across levels but differ from the main table.

@@ -7,9 +7,12 @@ halves come in complementary pairs (`attacks.draw_reference_masks`), so every ca
 member of half the pool encoders, as in LiRA. The first `targets` pool encoders are attacked
 as targets, one per seed (seed 0's members are the target_members split); for each target the
 others but its complement are its reference encoders (`reference_models`). A headline
-configuration also trains a shadow encoder on the disjoint shadow_members split, for the
-global attacks at the shadow knowledge level. Every configuration of a run uses the same pool
-halves, so target seed s has the same members in every configuration.
+configuration also trains a complementary pair of shadow encoders (SHADOWS) on the disjoint
+shadow splits, for the global attacks at the shadow knowledge level: one on shadow_members,
+the other on shadow_nonmembers, so what the draw of those splits puts in a statistic cancels
+between the two, as the pool's complementary halves do for the targets. Every configuration
+of a run uses the same pool halves, so target seed s has the same members in every
+configuration.
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ from .defenses import TrainingDefense
 from .settings import SHADOW_SEED_OFFSET, ExperimentConfig, parse_architecture
 
 AXES = ("headline", "ladder", "defense")
+# A headline configuration's shadow encoders: (name, member split, non-member split).
+SHADOWS = (("shadow", "shadow_members", "shadow_nonmembers"),
+           ("shadow-complement", "shadow_nonmembers", "shadow_members"))
 
 
 @dataclass(frozen=True)
@@ -40,7 +46,7 @@ class EncoderGroup:
     framework, backbone, width: what is trained (width None: the backbone's default).
     defense: the training-time defense ("weight_decay:0.001"...), None for the plain recipe.
     models: pool encoders; targets: how many of them are attacked (seeds 0..targets-1).
-    shadow: whether a shadow encoder is trained (headline only).
+    shadow: whether the shadow encoders (SHADOWS) are trained (headline only).
     """
 
     axis: str
@@ -51,6 +57,11 @@ class EncoderGroup:
     models: int
     targets: int
     shadow: bool
+
+    @property
+    def encoders(self) -> int:
+        """Encoders the configuration trains: its pool and its shadows."""
+        return self.models + (len(SHADOWS) if self.shadow else 0)
 
     @property
     def key(self) -> str:
@@ -146,7 +157,7 @@ def check_dp(framework: str, defense: str) -> None:
 
 def train_jobs(config: ExperimentConfig, group: EncoderGroup, images: torch.Tensor, splits: Splits,
                masks: np.ndarray, out_dir: str) -> List[TrainJob]:
-    """The TrainJobs of one group: its pool encoders (seed index m) then its shadow."""
+    """The TrainJobs of one group: its pool encoders (seed index m) then its shadows (SHADOWS)."""
     image_size = int(images.shape[-1])
     pool = candidates(splits)
     defense = TrainingDefense.parse(group.defense) if group.defense else None
@@ -160,10 +171,10 @@ def train_jobs(config: ExperimentConfig, group: EncoderGroup, images: torch.Tens
             train_config = defense.train_config(train_config)
         jobs.append(TrainJob(images[torch.as_tensor(members)], train_config, os.path.join(folder, f"seed{m}"),
                              name=f"{group.key}/seed{m}", dp_epsilon=defense.dp_epsilon if defense else None))
-    if group.shadow:
+    for i, (name, member_split, _) in enumerate(SHADOWS if group.shadow else ()):
         framework = config.shadow_framework or group.framework
-        train_config = config.train_config(framework, image_size, config.seed + SHADOW_SEED_OFFSET,
+        train_config = config.train_config(framework, image_size, config.seed + SHADOW_SEED_OFFSET + i,
                                            group.backbone, group.width)
-        jobs.append(TrainJob(images[torch.as_tensor(splits["shadow_members"])], train_config,
-                             os.path.join(folder, "shadow"), name=f"{group.key}/shadow"))
+        jobs.append(TrainJob(images[torch.as_tensor(splits[member_split])], train_config,
+                             os.path.join(folder, name), name=f"{group.key}/{name}"))
     return jobs

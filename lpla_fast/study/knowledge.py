@@ -5,12 +5,12 @@ of a level built from them (make_knowledge)."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Optional
+from typing import Optional, Tuple
 
 import numpy as np
 from torch import Tensor
 
-from ..attacks import AttackerKnowledge
+from ..attacks import AttackerKnowledge, LabelledEncoder
 from ..validation import as_views, check_same_dim
 
 _VIEW_FIELDS = ("members", "nonmembers", "target_reference", "shadow_members", "shadow_nonmembers",
@@ -26,6 +26,7 @@ class ViewSet:
     target_reference: the target's embeddings of the reference split (known non-members).
     shadow_members / shadow_nonmembers / shadow_reference: the shadow encoder's embeddings of
         its member, non-member and reference splits.
+    more_shadows: further shadow encoders' embeddings (`AttackerKnowledge.more_shadows`).
     """
 
     members: Tensor
@@ -34,6 +35,7 @@ class ViewSet:
     shadow_members: Optional[Tensor] = None
     shadow_nonmembers: Optional[Tensor] = None
     shadow_reference: Optional[Tensor] = None
+    more_shadows: Tuple[LabelledEncoder, ...] = ()
 
     def __post_init__(self):
         present = []
@@ -66,8 +68,10 @@ class ViewSet:
         """The first k views of every sample (view 1 is the clean image when queried so)."""
         if not 1 <= k <= self.max_k:
             raise ValueError(f"k must be in [1, {self.max_k}], got {k}")
+        more = tuple(LabelledEncoder(*(None if v is None else v[:, :k] for v in (s.members, s.nonmembers, s.reference)))
+                     for s in self.more_shadows)
         return ViewSet(**{name: None if getattr(self, name) is None else getattr(self, name)[:, :k]
-                          for name in _VIEW_FIELDS})
+                          for name in _VIEW_FIELDS}, more_shadows=more)
 
 
 @dataclass
@@ -112,7 +116,8 @@ def make_knowledge(views: ViewSet, level: str, audit: Optional[AuditSplit] = Non
             raise ValueError("knowledge level 'shadow' needs the shadow encoder's member and non-member embeddings")
         return AttackerKnowledge(level="shadow", shadow_members=views.shadow_members,
                                  shadow_nonmembers=views.shadow_nonmembers,
-                                 shadow_reference=views.shadow_reference, target_reference=views.target_reference)
+                                 shadow_reference=views.shadow_reference, target_reference=views.target_reference,
+                                 more_shadows=views.more_shadows)
     if audit is None:
         raise ValueError("knowledge level 'audit' needs an AuditSplit")
     return AttackerKnowledge(level="audit", target_training=views.members[audit.bank],

@@ -4,7 +4,7 @@ folder) and `run_attacks` (the attack stage alone on given views, for `lpla atta
 run_experiment's stages: load the data and draw the splits; plan the configurations
 (`groups.plan_groups`) and train all their encoders in one parallel stage; then per
 configuration, query K views of the candidates, the reference split and (headline) the
-shadow's splits under every encoder, measure each target's feature quality, and attack every
+shadows' splits under every encoder, measure each target's feature quality, and attack every
 target: the headline table, the reference-calibrated attacks, the sweeps, the ladder and the
 defense tables (`targets.attack_group`); last, the correlations and the outputs.
 """

@@ -15,7 +15,7 @@ from ..fileio import decode_float, encode_float
 from ..splits import SplitSizes
 
 # Training seeds: pool model m (target or reference encoder) trains with seed + m, a
-# configuration's shadow with seed + SHADOW_SEED_OFFSET.
+# configuration's shadows with seed + SHADOW_SEED_OFFSET (+ 1 for the second of the pair).
 SHADOW_SEED_OFFSET = 1000
 # Reference-calibrated attacks of the study: name -> (attack, online).
 REFERENCE_ATTACK_SPECS = {"lira": ("lira", True), "lira-offline": ("lira", False),

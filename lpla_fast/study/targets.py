@@ -1,9 +1,10 @@
 """One configuration's targets: their views, feature quality and every table's attacks.
 
 Every pool encoder of a configuration is queried once, at the largest K, on the candidate pool
-and on the reference split (the population: known non-members of every encoder); the shadow
-on its own member and non-member splits and the reference split. Target seed s is pool
-encoder s: its members are the candidates in its half, its reference encoders the others.
+and on the reference split (the population: known non-members of every encoder); each shadow
+(the complementary pair, `groups.SHADOWS`) on the two shadow splits and the reference split.
+Target seed s is pool encoder s: its members are the candidates in its half, its reference
+encoders the others.
 Which tables a target enters depends on its configuration's axis:
 
 - headline: "main" (global attacks, shadow level), "references" (LiRA, RMIA), the p, K and
@@ -22,16 +23,18 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..attacks import LabelledEncoder
 from ..encoders import feature_quality, query_split_views
 from ..fileio import jsonable, write_json
-from .attack_stage import ReferenceSet, attack_target
-from .groups import EncoderGroup, candidates, reference_models
+from .attack_stage import ReferenceSet, ShadowFits, attack_target
+from .groups import SHADOWS, EncoderGroup, candidates, reference_models
 from .knowledge import ViewSet
 from .plan import held_out_jobs, plan_jobs, reference_jobs
 from .results import EncoderRecord, Results
 
 POOL_SPLITS = ("target_members", "target_nonmembers", "reference")
 SHADOW_SPLITS = ("shadow_members", "shadow_nonmembers", "reference")
+SHADOW_KEY = 1000  # release-defense noise key of the second shadow (target 0, shadow 1, references 2, ...)
 
 
 def _query(config, encoder, images, splits, names) -> Dict[str, Dict[str, Tensor]]:
@@ -59,11 +62,17 @@ def _defended(views: ViewSet, refs: Optional[ReferenceSet], defense, seed: int, 
 
     target = release(views.target_reference, 0)
     shadow = release(views.shadow_reference, 1) if views.shadow_reference is not None else None
+    more = []
+    for i, (extra, (_, member_split, nonmember_split)) in enumerate(zip(views.more_shadows, SHADOWS[1:])):
+        f = release(extra.reference, SHADOW_KEY + i)
+        more.append(LabelledEncoder(f(extra.members, splits[member_split]),
+                                    f(extra.nonmembers, splits[nonmember_split]), f(extra.reference, reference_ids)))
     viewset = ViewSet(members=target(views.members, ids[0]), nonmembers=target(views.nonmembers, ids[1]),
                       target_reference=target(views.target_reference, reference_ids),
                       shadow_members=shadow and shadow(views.shadow_members, splits["shadow_members"]),
                       shadow_nonmembers=shadow and shadow(views.shadow_nonmembers, splits["shadow_nonmembers"]),
-                      shadow_reference=shadow and shadow(views.shadow_reference, reference_ids))
+                      shadow_reference=shadow and shadow(views.shadow_reference, reference_ids),
+                      more_shadows=tuple(more))
     if refs is None:
         return viewset, None
     pool = candidates(splits)
@@ -98,18 +107,18 @@ def attack_group(config, group: EncoderGroup, trained: List[tuple], jobs, data, 
     pool = candidates(splits)
     encoders = [encoder for encoder, _ in trained]
     pool_views = [_query(config, e, data.images, splits, POOL_SPLITS) for e in encoders[:group.models]]
-    shadow_views = _query(config, encoders[-1], data.images, splits, SHADOW_SPLITS) if group.shadow else None
+    shadow_views = [_query(config, e, data.images, splits, SHADOW_SPLITS) for e in encoders[group.models:]]
     probe = [data.subset(splits[s]) for s in ("probe_train", "probe_test")]
     if config.save_embeddings:
         folder = os.path.join(out_dir, "embeddings", group.key)
         for m, views in enumerate(pool_views):
             _save_embeddings(folder, f"seed{m}", views)
-        if shadow_views:
-            _save_embeddings(folder, "shadow", shadow_views)
+        for (name, _, _), by_output in zip(SHADOWS, shadow_views):
+            _save_embeddings(folder, name, by_output)
     for m, ((encoder, info), job) in enumerate(zip(trained, jobs)):
-        role = "shadow" if group.shadow and m == len(trained) - 1 else ("target" if m < group.targets else "reference")
+        role = "shadow" if m >= group.models else ("target" if m < group.targets else "reference")
         record = EncoderRecord(framework=group.framework, role=role, backbone=group.backbone, width=group.width,
-                               seed=m if role != "shadow" else 0, train_config=job.config.to_dict(),
+                               seed=m if role != "shadow" else m - group.models, train_config=job.config.to_dict(),
                                defense=group.defense, members=len(job.images), **info)
         if role == "target":
             record.feature_quality = {o: feature_quality(encoder, probe[0].images, probe[0].labels, probe[1].images,
@@ -120,23 +129,26 @@ def attack_group(config, group: EncoderGroup, trained: List[tuple], jobs, data, 
     # Each pool encoder's views of the candidates (in pool order) and of the population, per output.
     candidate_views = {o: [torch.cat([v[o]["target_members"], v[o]["target_nonmembers"]]) for v in pool_views]
                        for o in config.outputs}
+    fits = ShadowFits()  # EncoderMI's shadow fits, the same for every target of the group
     for m in range(group.targets):
         target = results.encoders[-len(trained) + m]
         mask = masks[m]
         for output in config.outputs:
             cand = candidate_views[output]
             population = [v[output]["reference"] for v in pool_views]
-            shadow = shadow_views[output] if shadow_views else {}
+            shadows = [LabelledEncoder(v[output][member_split], v[output][nonmember_split], v[output]["reference"])
+                       for (_, member_split, nonmember_split), v in zip(SHADOWS, shadow_views)]
+            first = shadows[0] if shadows else LabelledEncoder(None, None)
             views = ViewSet(members=cand[m][mask], nonmembers=cand[m][~mask], target_reference=population[m],
-                            shadow_members=shadow.get("shadow_members"),
-                            shadow_nonmembers=shadow.get("shadow_nonmembers"), shadow_reference=shadow.get("reference"))
+                            shadow_members=first.members, shadow_nonmembers=first.nonmembers,
+                            shadow_reference=first.reference, more_shadows=tuple(shadows[1:]))
             others = reference_models(m, group.models)
             refs = None if not others else ReferenceSet(cand[m], mask, [cand[r] for r in others], masks[others],
                                                         [population[r] for r in others], population[m])
             ids = (pool[mask], pool[~mask])
             names = dict(framework=group.framework, output=output, seed=m, backbone=group.backbone,
                          width=group.width, defense=group.defense)
-            stage = attack_target(views, config.study, table_jobs, ids, refs, progress, **names)
+            stage = attack_target(views, config.study, table_jobs, ids, refs, progress, fits, **names)
             results.records += stage.records
             target.audit_split = stage.audit_split
             if group.axis == "headline" and m == 0 and stage.calibration is not None:
