@@ -440,3 +440,24 @@ def results_label(record):
     from lpla_fast.study.report_data import record_label
 
     return record_label(record)
+
+
+def test_the_ladder_table_shows_the_strongest_attack_the_ladder_ran():
+    # The strongest global attack of the main table was not run along the ladder: the ladder table
+    # takes the strongest of those it ran, so no ladder row is left without its number.
+    from lpla_fast.study.report import ReportData, _tradeoff
+
+    results = make_results()
+    for fw in FRAMEWORKS:
+        for seed in SEEDS:
+            for output in ("backbone", "head"):
+                results.records.append(_record(fw, output, "main", "encodermi-s", 8, 3.0, seed))
+    assert "encodermi-s" not in {r.attack for r in results.records if r.study == "ladder"}
+    data = ReportData(results)
+    assert data.strongest_global["head"] == "encodermi-s"
+    table = _tradeoff(data)
+    head = table[table.index("### Architecture ladder: head output"):]
+    header = next(line for line in head.splitlines() if line.startswith("| architecture"))
+    assert "EncoderMI-S" not in header
+    rows = [line for line in head.splitlines() if line.startswith("| `")]
+    assert rows and all(line.split(" | ")[5] != "—" for line in rows)
