@@ -36,7 +36,7 @@ def add_parser(subparsers) -> None:
         files.add_argument(flag, metavar="NPY")
     enc = parser.add_argument_group("encoder checkpoints (folders written by `lpla train` or `lpla experiment`)")
     enc.add_argument("--encoder", metavar="DIR", help="the target encoder")
-    enc.add_argument("--shadow-encoder", metavar="DIR", help="the shadow encoder")
+    enc.add_argument("--shadow-encoder", metavar="DIR", help="the shadow encoder (trained on shadow_members)")
     enc.add_argument("--shadow-complement", metavar="DIR",
                      help="a second shadow encoder, trained on the shadow_nonmembers split (its non-members: "
                           "shadow_members), pooled with the first, as `lpla experiment` trains them")

@@ -60,8 +60,9 @@ def add_parser(subparsers) -> None:
         "experiment",
         help="the main study: train encoders per framework, attack them, sweep p / K / knowledge, report",
         description=(
-            "Train a target and a shadow encoder per contrastive framework, measure feature quality, "
-            "run every membership-inference attack, sweep p, K and the attacker's knowledge, and write "
+            "Train target encoders and a complementary pair of shadow encoders per contrastive framework, "
+            "measure feature quality, run every membership-inference attack, sweep p, K and the attacker's "
+            "knowledge, and write "
             "results.json, report.md and plots/ to one run folder. A preset is a set of defaults: every "
             "flag given overrides it, and the defaults below are listed per preset. A rerun with the "
             "same --out reuses finished encoders."
