@@ -36,6 +36,11 @@ class LabelledEncoder:
     nonmembers: Tensor
     reference: Optional[Tensor] = None
 
+    def first_views(self, k: int) -> "LabelledEncoder":
+        """The same encoder's sets cut to their first k views."""
+        return LabelledEncoder(*(None if t is None else t[:, :k] for t in (self.members, self.nonmembers,
+                                                                            self.reference)))
+
 
 @dataclass
 class AttackerKnowledge:
@@ -121,10 +126,8 @@ class AttackerKnowledge:
             raise ValueError(f"the query budget k must be >= 1, got {k}")
         arrays = {n: None if getattr(self, n) is None else getattr(self, n)[:, :k]
                   for n in _SHADOW_NAMES + _TARGET_NAMES}
-        more = tuple(LabelledEncoder(s.members[:, :k], s.nonmembers[:, :k],
-                                     None if s.reference is None else s.reference[:, :k]) for s in self.more_shadows)
         return AttackerKnowledge(level=self.level, allow_different_dims=self.allow_different_dims,
-                                 more_shadows=more, **arrays)
+                                 more_shadows=tuple(s.first_views(k) for s in self.more_shadows), **arrays)
 
     def target_dim(self) -> Optional[int]:
         """D of the target encoder's embeddings (what the fitted attack will score)."""

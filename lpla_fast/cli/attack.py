@@ -115,6 +115,7 @@ def _views_from_encoders(args, study):
     from ..encoders import load_encoder, query_split_views
     from ..splits import Splits
     from ..study import ViewSet
+    from ..study.groups import SHADOWS
 
     if not args.splits:
         raise ValueError("--encoder needs --splits (a splits.json naming the samples)")
@@ -135,8 +136,9 @@ def _views_from_encoders(args, study):
                                                      seed=args.seed) for e in (shadow, complement))
     has_reference = len(splits.reference) > 0
     views = {}
+    _, member_split, nonmember_split = SHADOWS[1]  # the complement: trained on shadow_nonmembers
     for o in args.outputs:
-        more = () if c is None else (LabelledEncoder(c[o]["shadow_nonmembers"], c[o]["shadow_members"],
+        more = () if c is None else (LabelledEncoder(c[o][member_split], c[o][nonmember_split],
                                                      c[o]["reference"] if has_reference else None),)
         views[o] = ViewSet(members=t[o]["target_members"], nonmembers=t[o]["target_nonmembers"],
                            target_reference=t[o]["reference"] if has_reference else None,

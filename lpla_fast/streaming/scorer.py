@@ -144,9 +144,7 @@ class EncoderScorer:
         with evaluating(self.encoder):
             for start in range(0, views.shape[0], self.forward_rows):
                 batch = views[start:start + self.forward_rows].to(device, non_blocking=True)
-                x = batch.flatten(0, 1)
-                parts.append(self._forward(x if layout is torch.contiguous_format else x.contiguous(memory_format=layout),
-                                           batch.shape[0]))
+                parts.append(self._forward(batch.flatten(0, 1).contiguous(memory_format=layout), batch.shape[0]))
         embeddings, norms, scores = (torch.cat(x) for x in zip(*parts))
         table = self.scorer.finish(chunk, norms, scores)
         if not self.write_embeddings:

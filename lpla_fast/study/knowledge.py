@@ -68,10 +68,8 @@ class ViewSet:
         """The first k views of every sample (view 1 is the clean image when queried so)."""
         if not 1 <= k <= self.max_k:
             raise ValueError(f"k must be in [1, {self.max_k}], got {k}")
-        more = tuple(LabelledEncoder(*(None if v is None else v[:, :k] for v in (s.members, s.nonmembers, s.reference)))
-                     for s in self.more_shadows)
         return ViewSet(**{name: None if getattr(self, name) is None else getattr(self, name)[:, :k]
-                          for name in _VIEW_FIELDS}, more_shadows=more)
+                          for name in _VIEW_FIELDS}, more_shadows=tuple(s.first_views(k) for s in self.more_shadows))
 
 
 @dataclass

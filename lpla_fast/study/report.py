@@ -148,12 +148,13 @@ def _tradeoff(data: ReportData) -> str:
     ladder = len(distinct(points, "architecture")) > 1
     headline = group_by_seed(data.headline(data.k))
     for output in data.outputs:
-        chosen = [v for v in (data.strongest_global.get(output), data.strongest_reference.get(output)) if v]
         if ladder:  # the strongest of the attacks the ladder ran, so that every row has its number
             ran = {variant(r) for r in points if r.study == "ladder" and r.output == output}
             chosen = [v for v in (strongest(headline, data.stats, lambda g, ref=ref: g[0].output == output and
                                             is_reference(g[0]) == ref and variant(g[0]) in ran)
                                   for ref in (False, True)) if v]
+        else:
+            chosen = [v for v in (data.strongest_global.get(output), data.strongest_reference.get(output)) if v]
         header = ["architecture", "framework", "seeds", "linear probe", "kNN acc."]
         for v in chosen:
             header += [f"{data.labels[v]} AUC", "TPR@1% FPR"]

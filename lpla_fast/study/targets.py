@@ -129,6 +129,10 @@ def attack_group(config, group: EncoderGroup, trained: List[tuple], jobs, data, 
     # Each pool encoder's views of the candidates (in pool order) and of the population, per output.
     candidate_views = {o: [torch.cat([v[o]["target_members"], v[o]["target_nonmembers"]]) for v in pool_views]
                        for o in config.outputs}
+    # Each shadow's (members, non-members, reference) per output: the same for every target.
+    shadow_sets = {o: [LabelledEncoder(v[o][member_split], v[o][nonmember_split], v[o]["reference"])
+                       for (_, member_split, nonmember_split), v in zip(SHADOWS, shadow_views)]
+                   for o in config.outputs}
     fits = ShadowFits()  # EncoderMI's shadow fits, the same for every target of the group
     for m in range(group.targets):
         target = results.encoders[-len(trained) + m]
@@ -136,8 +140,7 @@ def attack_group(config, group: EncoderGroup, trained: List[tuple], jobs, data, 
         for output in config.outputs:
             cand = candidate_views[output]
             population = [v[output]["reference"] for v in pool_views]
-            shadows = [LabelledEncoder(v[output][member_split], v[output][nonmember_split], v[output]["reference"])
-                       for (_, member_split, nonmember_split), v in zip(SHADOWS, shadow_views)]
+            shadows = shadow_sets[output]
             first = shadows[0] if shadows else LabelledEncoder(None, None)
             views = ViewSet(members=cand[m][mask], nonmembers=cand[m][~mask], target_reference=population[m],
                             shadow_members=first.members, shadow_nonmembers=first.nonmembers,
