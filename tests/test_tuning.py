@@ -26,10 +26,24 @@ def test_light_decoding_gives_the_forward_pass_every_core_and_decodes_in_a_threa
     assert "light" in plan.reason
 
 
+def test_decoding_up_to_the_forward_pass_is_light():
+    plan = choose_threads(2, forward_s=0.001, decode_s=0.001)
+    assert (plan.torch_threads, plan.workers) == (2, 0)
+    assert "light" in plan.reason
+
+
 def test_heavy_decoding_gets_cores_of_its_own():
-    plan = choose_threads(2, forward_s=0.001, decode_s=0.002)
-    assert (plan.torch_threads, plan.workers) == (1, 1)
+    # 4 cores; forward 1 ms per image on all 4, decoding 4 ms: two decoders and two threads balance
+    plan = choose_threads(4, forward_s=0.001, decode_s=0.004)
+    assert (plan.torch_threads, plan.workers) == (2, 2)
     assert "heavy" in plan.reason
+
+
+def test_heavy_decoding_that_one_decoder_balances_stays_in_the_reader_thread():
+    # 2 cores: one decoder at most, and the reader thread leaves the forward pass every core
+    plan = choose_threads(2, forward_s=0.001, decode_s=0.002)
+    assert (plan.torch_threads, plan.workers) == (2, 0)
+    assert "heavy" in plan.reason and "reader thread" in plan.reason
 
 
 def test_heavy_decoding_on_many_cores_balances_decoders_and_forward_pass():
@@ -63,8 +77,8 @@ def test_user_settings_win():
     plan = choose_threads(2, forward_s=0.001, decode_s=0.002, workers=0)
     assert (plan.torch_threads, plan.workers) == (2, 0)
     assert "--workers 0" in plan.reason
-    kept = choose_threads(2, forward_s=0.001, decode_s=0.002, keep_threads=True)
-    assert kept.torch_threads is None and kept.workers == 1
+    kept = choose_threads(4, forward_s=0.001, decode_s=0.004, keep_threads=True)
+    assert kept.torch_threads is None and kept.workers == 2
     assert "torch's threads as set" in kept.describe()
 
 
@@ -207,9 +221,12 @@ def test_heavy_decoding_found_mid_job_moves_the_rest_to_worker_processes_scoring
     from lpla_fast.streaming import tuning
 
     monkeypatch.setattr(tuning, "LIGHT_DECODING", -1.0)  # any decoding counts as heavy
+    # as on a 4-core machine whose decoding needs two decoders
+    monkeypatch.setattr(tuning, "available_cores", lambda: 4)
+    monkeypatch.setattr(tuning, "_decoders", lambda cores, forward_s, decode_s: 2)
     loads = _spy_loads(monkeypatch)
     summary, out = _job(job_inputs, "switch")
-    assert "1 worker process" in summary["threads"] and "heavy" in summary["threads"]
+    assert "2 worker processes" in summary["threads"] and "heavy" in summary["threads"]
     # chunk 0 decoded to be timed, then the reader thread read one or two chunks before it stopped
     assert loads[0] == ("MainThread", 0)
     assert [start for _, start in loads[1:]] in ([32], [32, 64]) and {n for n, _ in loads[1:]} == {"lpla-reader"}

@@ -109,13 +109,18 @@ class EncoderScorer:
     """Embeds image views with an encoder, then scores them like `ChunkScorer`.
 
     Views go through the encoder `forward_rows` images (times K views) at a time, on a CPU in
-    the channels-last layout for images of CHANNELS_LAST_MIN_SIDE pixels or more.
+    the channels-last layout for images of CHANNELS_LAST_MIN_SIDE pixels or more. The scorer
+    owns its encoder and only runs it forward in eval mode, so it folds the encoder's
+    BatchNorms into their convolutions and, on a CPU, moves its weights into huge pages
+    (`encoders.inference`).
     """
 
     def __init__(self, encoder, scorer: ChunkScorer, output: str, K: int, write_embeddings: bool = False,
                  forward_rows: int = 64):
+        from ..encoders.inference import fold_batch_norms
         from ..encoders.pooling import split_tail
 
+        fold_batch_norms(encoder)
         self.encoder, self.scorer, self.output, self.K = encoder, scorer, output, int(K)
         self.write_embeddings, self.forward_rows = write_embeddings, forward_rows
         self.tail = split_tail(encoder.backbone) if output == "backbone" else None
@@ -124,6 +129,8 @@ class EncoderScorer:
     def _layout(self, views, device: str):
         import torch
 
+        from ..encoders.inference import place_in_huge_pages
+
         if self.memory_format is None:
             side = min(views.shape[-2:]) if views.dim() == 5 else 0
             cpu = device == "cpu"
@@ -131,6 +138,8 @@ class EncoderScorer:
                 torch.contiguous_format
             if self.memory_format is torch.channels_last:
                 self.encoder.to(memory_format=torch.channels_last)
+            if cpu:  # after the layout change, which copies the weights
+                place_in_huge_pages(self.encoder)
         return self.memory_format
 
     def score_chunk(self, chunk: Chunk, device: str = "cpu"):
