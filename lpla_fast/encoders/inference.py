@@ -79,15 +79,15 @@ def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
 
 
 def _known_pairs(model: nn.Module) -> Iterator[Tuple[nn.Module, str, str]]:
-    """(parent, conv child's name, BatchNorm child's name) of every pair whose forward applies the
-    BatchNorm to the convolution's output and nothing else reads that output."""
+    """(parent, first child's name, second child's name) of every place where the forward applies
+    the second child to the first one's output and nothing else reads that output; whether the two
+    are a convolution and a BatchNorm is `fold_batch_norms`'s check."""
     blocks = _torchvision_resnet_pairs()
     for module in model.modules():
         if isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward:
             names = list(module._modules)
             for first, second in zip(names, names[1:]):
-                if isinstance(module._modules[first], nn.Conv2d) and isinstance(module._modules[second], nn.BatchNorm2d):
-                    yield module, first, second
+                yield module, first, second
         for cls, pairs in blocks:
             if type(module) is cls:
                 for conv_name, bn_name in pairs:

@@ -126,12 +126,14 @@ class EncoderScorer:
         self.tail = split_tail(encoder.backbone) if output == "backbone" else None
         self.memory_format = None  # chosen at the first chunk, from its device and image size
 
-    def _layout(self, views, device: str):
+    def _prepare(self, views, device: str):
+        """The layout the encoder runs in; the first chunk chooses it (from its device and image
+        size), converts the encoder and, on a CPU, then moves its weights into huge pages."""
         import torch
 
-        from ..encoders.inference import place_in_huge_pages
-
         if self.memory_format is None:
+            from ..encoders.inference import place_in_huge_pages
+
             side = min(views.shape[-2:]) if views.dim() == 5 else 0
             cpu = device == "cpu"
             self.memory_format = torch.channels_last if cpu and side >= CHANNELS_LAST_MIN_SIDE else \
@@ -148,7 +150,7 @@ class EncoderScorer:
         from ..encoders.base import evaluating
 
         views = chunk.views  # (n, K, C, H, W) float32, pinned on CUDA
-        layout = self._layout(views, device)
+        layout = self._prepare(views, device)
         parts = []
         with evaluating(self.encoder):
             for start in range(0, views.shape[0], self.forward_rows):
