@@ -283,17 +283,84 @@ def test_workers_and_resumption_give_the_same_output(tmp_path, encoder_dir, cali
     _, reference = score(tmp_path, encoder_dir, src, out="ref", calib=calib_path)
     _, out = score(tmp_path, encoder_dir, src, out="out", calib=calib_path, workers=2)
     assert read_scores(out).equals(read_scores(reference))
-    manifest = json.load(open(os.path.join(out, "manifest.json")))
-    entry = manifest["shards"][str(src / "a.npy")]
-    first = sorted(entry["parts"], key=int)[0]
-    os.unlink(os.path.join(out, "scores", entry["parts"][first][1]))
-    del entry["parts"][first]
-    entry["status"] = "pending"
-    manifest["complete"] = False
-    json.dump(manifest, open(os.path.join(out, "manifest.json"), "w"))
+    _reopen_first_chunk(out, str(src / "a.npy"))
     summary, _ = score(tmp_path, encoder_dir, src, out="out", calib=calib_path)
     assert summary["complete"]
     assert read_scores(out).equals(read_scores(reference))
+
+
+def _snapshot(folder):
+    """{relative path: (size, mtime_ns)} of every file under folder."""
+    return {os.path.relpath(os.path.join(d, f), folder): (os.stat(os.path.join(d, f)).st_size, os.stat(os.path.join(d, f)).st_mtime_ns)
+            for d, _, files in os.walk(folder) for f in files}
+
+
+def _files_digest(algorithm, folder):
+    data = b"".join(open(os.path.join(folder, name), "rb").read() for name in ("config.json", "model.safetensors"))
+    if algorithm == "blake3":
+        import blake3
+
+        return blake3.blake3(data).hexdigest()
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def _reopen_first_chunk(out, shard):
+    """The manifest of a finished job edited as if the run had stopped before its first chunk."""
+    path = os.path.join(out, "manifest.json")
+    manifest = json.load(open(path))
+    entry = manifest["shards"][shard]
+    first = sorted(entry["parts"], key=int)[0]
+    os.unlink(os.path.join(out, "scores", entry["parts"][first][1]))
+    del entry["parts"][first]
+    entry["status"], manifest["complete"] = "pending", False
+    json.dump(manifest, open(path, "w"))
+    return manifest
+
+
+def test_a_resumed_job_refuses_an_encoder_that_changed_before_any_write(tmp_path, encoder_dir, calib_path):
+    import shutil
+
+    encoder = str(tmp_path / "encoder")
+    shutil.copytree(encoder_dir, encoder)
+    np.save(tmp_path / "a.npy", random_images(40, seed=3))
+    _, out = score(tmp_path, encoder, tmp_path / "a.npy", calib=calib_path)
+    recorded = json.load(open(os.path.join(out, "manifest.json")))["job"]
+    assert recorded["encoder_blake3"] == _files_digest("blake3", encoder) and "encoder_sha256" not in recorded
+    _reopen_first_chunk(out, str(tmp_path / "a.npy"))
+    retrained = load_encoder(encoder)
+    with torch.no_grad():
+        next(retrained.backbone.parameters()).add_(1e-3)
+    save_encoder(retrained, encoder)
+    before = _snapshot(out)
+    with pytest.raises(ValueError, match="other settings.*encoder_blake3.*--overwrite"):
+        score(tmp_path, encoder, tmp_path / "a.npy", calib=calib_path)
+    assert _snapshot(out) == before
+
+
+def test_a_job_recorded_with_sha256_resumes_with_sha256(tmp_path, encoder_dir, calib_path, monkeypatch):
+    """Jobs of earlier releases (and of hosts without the blake3 package) named their encoder by
+    SHA-256: they resume, and keep that hash."""
+    np.save(tmp_path / "a.npy", random_images(70, seed=4))
+    _, reference = score(tmp_path, encoder_dir, tmp_path / "a.npy", out="reference", calib=calib_path)
+    _, out = score(tmp_path, encoder_dir, tmp_path / "a.npy", calib=calib_path)
+    manifest = _reopen_first_chunk(out, str(tmp_path / "a.npy"))
+    del manifest["job"]["encoder_blake3"]
+    manifest["job"]["encoder_sha256"] = _files_digest("sha256", encoder_dir)
+    json.dump(manifest, open(os.path.join(out, "manifest.json"), "w"))
+    summary, _ = score(tmp_path, encoder_dir, tmp_path / "a.npy", calib=calib_path)
+    assert summary["complete"] and read_scores(out).equals(read_scores(reference))
+    job = json.load(open(os.path.join(out, "manifest.json")))["job"]
+    assert job["encoder_sha256"] == _files_digest("sha256", encoder_dir) and "encoder_blake3" not in job
+    # without the blake3 package a new job records SHA-256, and a BLAKE3 job is refused with the fix
+    monkeypatch.setitem(sys.modules, "blake3", None)
+    _, out = score(tmp_path, encoder_dir, tmp_path / "a.npy", out="plain-hash", calib=calib_path)
+    assert "encoder_sha256" in json.load(open(os.path.join(out, "manifest.json")))["job"]
+    before = _snapshot(reference)
+    with pytest.raises(ValueError, match="BLAKE3.*pip install blake3.*--overwrite"):
+        score(tmp_path, encoder_dir, tmp_path / "a.npy", out="reference", calib=calib_path)
+    assert _snapshot(reference) == before
 
 
 def test_cli_refuses_bad_image_flags_with_one_line(tmp_path, encoder_dir, calib_path, capsys):

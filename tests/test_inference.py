@@ -37,12 +37,18 @@ def batch_norms(model: nn.Module) -> int:
     return sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
 
 
+@pytest.mark.parametrize("in_place", [False, True], ids=["new weights", "in place"])
 @pytest.mark.parametrize("name, pairs", [("small_cnn", 4), ("deep_cnn", 8), ("resnet18", 20), ("resnet50", 53)])
-def test_backbones_fold_every_batch_norm_and_compute_the_same(name, pairs):
+def test_backbones_fold_every_batch_norm_and_compute_the_same(name, pairs, in_place):
     model = randomize_batch_norms(make_backbone(name, image_size=16)).double()
     folded = copy.deepcopy(model)
-    assert fold_batch_norms(folded) == pairs
+    memory = {n: p.data_ptr() for n, p in folded.named_parameters()}
+    assert fold_batch_norms(folded, in_place=in_place) == pairs
     assert batch_norms(folded) == 0
+    weights = [n for n in memory if n.endswith("weight")]
+    kept = [n for n, p in folded.named_parameters() if n in weights and memory[n] == p.data_ptr()]
+    # the BatchNorms' weights are gone; in place, the convolutions' stay where they were
+    assert len(kept) == len(weights) - (pairs if in_place else 2 * pairs)
     x = torch.rand(3, 3, 16, 16, dtype=torch.float64)
     with torch.inference_mode():
         expected, got = model(x), folded(x)
@@ -63,8 +69,8 @@ def test_float32_moves_by_rounding_only():
 
 @settings(max_examples=40, deadline=None)
 @given(channels=st.lists(st.integers(1, 6), min_size=2, max_size=4), bias=st.booleans(), affine=st.booleans(),
-       groups=st.booleans(), kernel=st.sampled_from([1, 3]), seed=st.integers(0, 2**16))
-def test_random_sequentials_fold_exactly(channels, bias, affine, groups, kernel, seed):
+       groups=st.booleans(), kernel=st.sampled_from([1, 3]), seed=st.integers(0, 2**16), in_place=st.booleans())
+def test_random_sequentials_fold_exactly(channels, bias, affine, groups, kernel, seed, in_place):
     """Random stacks of conv, BatchNorm (affine or not) and ReLU, with and without conv bias and
     groups: folded equals unfolded in float64."""
     torch.manual_seed(seed)
@@ -75,7 +81,7 @@ def test_random_sequentials_fold_exactly(channels, bias, affine, groups, kernel,
                    nn.BatchNorm2d(c_out, affine=affine), nn.ReLU()]
     model = randomize_batch_norms(nn.Sequential(*layers), seed).double()
     folded = copy.deepcopy(model)
-    assert fold_batch_norms(folded) == len(channels) - 1
+    assert fold_batch_norms(folded, in_place=in_place) == len(channels) - 1
     x = torch.randn(2, channels[0], 5, 5, dtype=torch.float64)
     with torch.inference_mode():
         torch.testing.assert_close(folded(x), model(x), rtol=1e-10, atol=1e-10)
@@ -123,7 +129,20 @@ def test_what_cannot_be_proven_foldable_is_left_alone(case):
         torch.testing.assert_close(model(x), before(x), rtol=0, atol=0)
 
 
-def test_the_scoring_job_folds_its_encoder_and_embeds_like_query_views(tmp_path):
+def test_a_weight_two_convolutions_share_is_not_scaled_in_place():
+    """Each convolution is folded with its own BatchNorm; scaling their one weight tensor in place
+    would scale it for the other convolution too."""
+    first, second = nn.Conv2d(2, 2, 3, padding=1), nn.Conv2d(2, 2, 3, padding=1)
+    second.weight = first.weight
+    model = randomize_batch_norms(nn.Sequential(first, nn.BatchNorm2d(2), nn.ReLU(), second, nn.BatchNorm2d(2))).double()
+    before = copy.deepcopy(model)
+    assert fold_batch_norms(model, in_place=True) == 2
+    x = torch.randn(2, 2, 5, 5, dtype=torch.float64)
+    with torch.inference_mode():
+        torch.testing.assert_close(model(x), before(x), rtol=1e-10, atol=1e-10)
+
+
+def test_the_scoring_job_folds_its_encoder_and_embeds_like_query_views(tmp_path, monkeypatch):
     """`lpla embed --images`: the job's folded encoder gives query_views' embeddings of the
     unfolded one, to float rounding."""
     import glob
@@ -131,7 +150,7 @@ def test_the_scoring_job_folds_its_encoder_and_embeds_like_query_views(tmp_path)
     import numpy as np
 
     from lpla_fast.encoders import TrainConfig, build_encoder, load_encoder, query_views, save_encoder
-    from lpla_fast.streaming import ScoreConfig, score_shards
+    from lpla_fast.streaming import ScoreConfig, local, score_shards
     from lpla_fast.streaming.images import to_float_images
     from lpla_fast.streaming.job import plan_job
     from lpla_fast.testing import random_images
@@ -146,8 +165,15 @@ def test_the_scoring_job_folds_its_encoder_and_embeds_like_query_views(tmp_path)
     np.save(tmp_path / "src" / "a.npy", images)
     config = ScoreConfig(images=str(tmp_path / "src"), encoder=str(tmp_path / "encoder"), out=str(tmp_path / "out"),
                          K=3, stat="norm", write_embeddings=True, batch_rows=32, progress=False, workers=0)
-    assert batch_norms(plan_job(config).scorer.encoder) == 0
+    plans = []  # the job's plan, kept to look at its encoder after the run
+
+    def keep_plan(*args, **kwargs):
+        plans.append(plan_job(*args, **kwargs))
+        return plans[-1]
+
+    monkeypatch.setattr(local, "plan_job", keep_plan)
     score_shards(config)
+    assert batch_norms(plans[0].scorer.encoder) == 0
     parts = sorted(p for p in glob.glob(str(tmp_path / "out" / "embeddings" / "*.npy")) if not p.endswith(".ids.npy"))
     got = np.concatenate([np.load(p) for p in parts])
     loaded = load_encoder(str(tmp_path / "encoder"))

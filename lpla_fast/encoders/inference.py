@@ -10,7 +10,9 @@ encoder it owns before its first chunk.
   (this project's CIFAR ResNets included). Only exact `nn.Conv2d` and `nn.BatchNorm2d` modules
   are folded (a subclass may compute something else), each used once in the model, the
   BatchNorm with running statistics (without them, eval mode normalizes by the batch's own),
-  and neither with a forward hook.
+  and neither with a forward hook. With `in_place`, the weights are scaled where they lie: a
+  scoring job first moves them into huge pages, then folds (7 ms less for a ResNet-18 than
+  folding into new tensors and moving those).
 * `place_in_huge_pages`: the weights moved into one block of memory that Linux backs with
   2 MB pages (transparent huge pages, asked for with madvise). A CPU forward pass reads every
   weight once per batch (oneDNN reorders them at each call), and with 4 kB pages it ran
@@ -34,14 +36,20 @@ import torch
 from torch import nn
 
 
-def fold_batch_norms(model: nn.Module) -> int:
+def fold_batch_norms(model: nn.Module, in_place: bool = False) -> int:
     """Fold every foldable BatchNorm2d of `model` into its convolution, in place; the folded
     BatchNorms become `nn.Identity`. Returns how many were folded.
+
+    in_place: scale each convolution's weight tensor where it lies (unless another module shares
+    it) instead of giving the convolution a new one: for a model that owns its weights, whose
+    memory this keeps (huge pages, say) and which needs no new 45 MB for a ResNet-18. A tensor
+    taken from the model before (a state dict) then sees the scaled weights.
 
     Afterwards the model is for eval-mode inference only: training it would no longer
     normalize anything.
     """
     uses = Counter(id(m) for _, m in model.named_modules(remove_duplicate=False))
+    weight_uses = Counter(id(t) for _, t in model.named_parameters(remove_duplicate=False))
     folded = 0
     for parent, conv_name, bn_name in list(_known_pairs(model)):
         conv, bn = parent._modules[conv_name], parent._modules[bn_name]
@@ -51,7 +59,7 @@ def fold_batch_norms(model: nn.Module) -> int:
             continue
         if _hooked(conv) or _hooked(bn):  # a hook may read or change what passes between them
             continue
-        _fold(conv, bn)
+        _fold(conv, bn, in_place and weight_uses[id(conv.weight)] == 1)
         parent._modules[bn_name] = nn.Identity()
         folded += 1
     return folded
@@ -61,7 +69,7 @@ def _hooked(module: nn.Module) -> bool:
     return bool(module._forward_hooks or module._forward_pre_hooks)
 
 
-def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d, in_place: bool) -> None:
     """conv's weight scaled by gamma / sqrt(var + eps) per output channel, its bias
     (b - mean) * scale + beta: the per-channel numbers in float64, the weights scaled in their
     own dtype (one rounding each; a float64 copy of a ResNet's weights took 18 ms)."""
@@ -73,8 +81,12 @@ def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
         bias = -bn.running_mean.to(**f64) if conv.bias is None else conv.bias.to(**f64) - bn.running_mean.to(**f64)
         bias = bias * scale + (0.0 if bn.bias is None else bn.bias.to(**f64))
         dtype = conv.weight.dtype
-        weight = conv.weight * scale.to(dtype).view(-1, 1, 1, 1)
-    conv.weight = nn.Parameter(weight, requires_grad=False)
+        scale = scale.to(dtype).view(-1, 1, 1, 1)
+        if in_place:
+            conv.weight.mul_(scale)
+            conv.weight.requires_grad_(False)
+        else:
+            conv.weight = nn.Parameter(conv.weight * scale, requires_grad=False)
     conv.bias = nn.Parameter(bias.to(dtype), requires_grad=False)
 
 

@@ -50,20 +50,17 @@ class Manifest:
             raise ValueError(f"{path} is not a version-{VERSION} score manifest; use --overwrite to start over")
         return cls(path, d["job"], d.get("shards", {}), bool(d.get("complete", False)))
 
-    @classmethod
-    def open(cls, path: str, job: dict, overwrite: bool = False) -> "Manifest":
-        """Load the manifest at path (checking it was made by the same job) or start one."""
-        if overwrite or not os.path.exists(path):
-            return cls(path, job)
-        manifest = cls.load(path)
-        changed = {k: (manifest.job.get(k), v) for k, v in job.items() if manifest.job.get(k) != v}
+    def resume(self, job: dict) -> "Manifest":
+        """This manifest, loaded from the output folder, once checked to be of a job with the
+        settings `job`."""
+        changed = {k: (self.job.get(k), v) for k, v in job.items() if self.job.get(k) != v}
         if changed:
             diff = "; ".join(f"{k}: was {old!r}, now {new!r}" for k, (old, new) in changed.items())
             raise ValueError(
                 f"--out already holds a job with other settings ({diff}); "
                 "rerun with the same settings to resume, or pass --overwrite to start over"
             )
-        return manifest
+        return self
 
     def save(self) -> None:
         d = {"schema": SCHEMA, "version": VERSION, "job": self.job, "complete": self.complete, "shards": self.shards}

@@ -110,17 +110,15 @@ class EncoderScorer:
 
     Views go through the encoder `forward_rows` images (times K views) at a time, on a CPU in
     the channels-last layout for images of CHANNELS_LAST_MIN_SIDE pixels or more. The scorer
-    owns its encoder and only runs it forward in eval mode, so it folds the encoder's
-    BatchNorms into their convolutions and, on a CPU, moves its weights into huge pages
-    (`encoders.inference`).
+    owns its encoder and only runs it forward in eval mode: at the first chunk it moves the
+    encoder's weights into huge pages (on a CPU) and folds its BatchNorms into its
+    convolutions (`encoders.inference`).
     """
 
     def __init__(self, encoder, scorer: ChunkScorer, output: str, K: int, write_embeddings: bool = False,
                  forward_rows: int = 64):
-        from ..encoders.inference import fold_batch_norms
         from ..encoders.pooling import split_tail
 
-        fold_batch_norms(encoder)
         self.encoder, self.scorer, self.output, self.K = encoder, scorer, output, int(K)
         self.write_embeddings, self.forward_rows = write_embeddings, forward_rows
         self.tail = split_tail(encoder.backbone) if output == "backbone" else None
@@ -128,11 +126,12 @@ class EncoderScorer:
 
     def _prepare(self, views, device: str):
         """The layout the encoder runs in; the first chunk chooses it (from its device and image
-        size), converts the encoder and, on a CPU, then moves its weights into huge pages."""
+        size), converts the encoder, on a CPU then moves its weights into huge pages, and last
+        folds its BatchNorms into the weights where they now lie."""
         import torch
 
         if self.memory_format is None:
-            from ..encoders.inference import place_in_huge_pages
+            from ..encoders.inference import fold_batch_norms, place_in_huge_pages
 
             side = min(views.shape[-2:]) if views.dim() == 5 else 0
             cpu = device == "cpu"
@@ -142,6 +141,7 @@ class EncoderScorer:
                 self.encoder.to(memory_format=torch.channels_last)
             if cpu:  # after the layout change, which copies the weights
                 place_in_huge_pages(self.encoder)
+            fold_batch_norms(self.encoder, in_place=True)
         return self.memory_format
 
     def score_chunk(self, chunk: Chunk, device: str = "cpu"):
