@@ -1,4 +1,5 @@
-"""Input builders shared by the tests and the benchmarks of the compiled ops.
+"""Input builders shared by the tests and the benchmarks of the compiled ops, and
+`files_under`, which tests use to show that a refused command changed nothing on disk.
 
 Every builder takes a seed and returns a tensor in the requested layout, so a test and a
 benchmark of the same case look at the same kind of data.
@@ -120,3 +121,14 @@ def write_image_folder(root, images) -> None:
         folder = root / f"class{i % 2}"
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"img{i:04d}.png").write_bytes(png_bytes(image))
+
+
+def files_under(folder) -> dict:
+    """Every file under `folder`: {relative path: (its bytes, its modification time in ns)}."""
+    files = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                files[os.path.relpath(path, folder)] = (f.read(), os.stat(path).st_mtime_ns)
+    return files

@@ -20,7 +20,7 @@ from lpla_fast.encoders import TrainConfig, build_encoder, load_encoder, query_v
 from lpla_fast.encoders.pooling import pooled_lpla_score
 from lpla_fast.streaming import ScoreConfig, ShardError, read_scores, score_shards
 from lpla_fast.streaming.images import to_float_images
-from lpla_fast.testing import png_bytes, random_images, write_image_folder
+from lpla_fast.testing import files_under, png_bytes, random_images, write_image_folder
 
 S = 16  # image side
 K = 3
@@ -289,12 +289,6 @@ def test_workers_and_resumption_give_the_same_output(tmp_path, encoder_dir, cali
     assert read_scores(out).equals(read_scores(reference))
 
 
-def _snapshot(folder):
-    """{relative path: (size, mtime_ns)} of every file under folder."""
-    return {os.path.relpath(os.path.join(d, f), folder): (os.stat(os.path.join(d, f)).st_size, os.stat(os.path.join(d, f)).st_mtime_ns)
-            for d, _, files in os.walk(folder) for f in files}
-
-
 def _files_digest(algorithm, folder):
     data = b"".join(open(os.path.join(folder, name), "rb").read() for name in ("config.json", "model.safetensors"))
     if algorithm == "blake3":
@@ -333,10 +327,10 @@ def test_a_resumed_job_refuses_an_encoder_that_changed_before_any_write(tmp_path
     with torch.no_grad():
         next(retrained.backbone.parameters()).add_(1e-3)
     save_encoder(retrained, encoder)
-    before = _snapshot(out)
+    before = files_under(out)
     with pytest.raises(ValueError, match="other settings.*encoder_blake3.*--overwrite"):
         score(tmp_path, encoder, tmp_path / "a.npy", calib=calib_path)
-    assert _snapshot(out) == before
+    assert files_under(out) == before
 
 
 def test_a_job_recorded_with_sha256_resumes_with_sha256(tmp_path, encoder_dir, calib_path, monkeypatch):
@@ -357,10 +351,10 @@ def test_a_job_recorded_with_sha256_resumes_with_sha256(tmp_path, encoder_dir, c
     monkeypatch.setitem(sys.modules, "blake3", None)
     _, out = score(tmp_path, encoder_dir, tmp_path / "a.npy", out="plain-hash", calib=calib_path)
     assert "encoder_sha256" in json.load(open(os.path.join(out, "manifest.json")))["job"]
-    before = _snapshot(reference)
+    before = files_under(reference)
     with pytest.raises(ValueError, match="BLAKE3.*pip install blake3.*--overwrite"):
         score(tmp_path, encoder_dir, tmp_path / "a.npy", out="reference", calib=calib_path)
-    assert _snapshot(reference) == before
+    assert files_under(reference) == before
 
 
 def test_cli_refuses_bad_image_flags_with_one_line(tmp_path, encoder_dir, calib_path, capsys):

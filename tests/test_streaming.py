@@ -16,6 +16,7 @@ import torch
 from lpla_fast import ops
 from lpla_fast.attacks.calibration import LpLACalibration
 from lpla_fast.streaming import ScoreConfig, ShardError, read_scores, save_bf16_npy, score_shards
+from lpla_fast.testing import files_under
 
 D = 16
 K = 3
@@ -177,20 +178,10 @@ def test_integer_and_string_ids_are_written_as_strings(tmp_path, calib_path):
     assert table.column("id").to_pylist() == [str(i) for i in range(10)] + [f"p{i}" for i in range(5)]
 
 
-def _snapshot(folder):
-    """Every file under folder: its bytes and modification time."""
-    files = {}
-    for root, _, names in os.walk(folder):
-        for name in names:
-            path = os.path.join(root, name)
-            files[os.path.relpath(path, folder)] = (open(path, "rb").read(), os.stat(path).st_mtime_ns)
-    return files
-
-
 def test_a_refused_rerun_changes_nothing_on_disk(tmp_path, calib_path):
     make_npy_shards(tmp_path / "emb", n_shards=2)
     _, out = run(tmp_path, calib_path, str(tmp_path / "emb" / "*.npy"))
-    before = _snapshot(out)
+    before = files_under(out)
     assert "_SUCCESS" in before
     other = tmp_path / "other.json"
     calibration(mean_in=0.5).save(other)
@@ -199,7 +190,7 @@ def test_a_refused_rerun_changes_nothing_on_disk(tmp_path, calib_path):
     _bad_truncated(tmp_path / "emb")
     with pytest.raises(ShardError, match="shard-01.npy"):
         run(tmp_path, calib_path, str(tmp_path / "emb" / "*.npy"))
-    assert _snapshot(out) == before
+    assert files_under(out) == before
     assert json.load(open(os.path.join(out, "manifest.json")))["complete"]
 
 
