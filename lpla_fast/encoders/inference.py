@@ -16,8 +16,9 @@ encoder it owns before its first chunk.
 * `place_in_huge_pages`: the weights moved into one block of memory that Linux backs with
   2 MB pages (transparent huge pages, asked for with madvise). A CPU forward pass reads every
   weight once per batch (oneDNN reorders them at each call), and with 4 kB pages it ran
-  measurably slower (page walks, most likely). A checkpoint read by `load_encoder` is memory-mapped and may already sit in such pages;
-  weights computed in the process (folded ones) never do.
+  measurably slower (page walks, most likely). A checkpoint read by `load_encoder` is
+  memory-mapped and may already sit in such pages; weights computed in the process (folded into
+  new tensors) never do.
 
 Measured in `bench/RESULTS.md` (2-core Xeon, AVX-512, eval forward pass, channels-last from 32
 pixels): folding alone, ResNet-18 1.14x at 16 x 16 and 1.18x at 64 x 64, the small CNN 1.07x and

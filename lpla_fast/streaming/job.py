@@ -60,11 +60,11 @@ def resolve_p(config: ScoreConfig, calibration) -> float:
     return calibration.p if calibration is not None else DEFAULT_P
 
 
-def job_settings(config: ScoreConfig, calibration, p: float, id_type=None, encoder=None,
+def job_settings(config: ScoreConfig, calibration, p: float, id_type=None,
                  encoder_digest: Optional[Tuple[str, str]] = None) -> dict:
     """What a resumed run must share with the run that started the output folder
-    (`encoder_digest`: (settings key, hash) of the encoder's files, from `hash_encoder`; image
-    jobs only)."""
+    (`encoder_digest`: (settings key, hash) of the encoder's files, from `hash_encoder`, which
+    an image job must give)."""
     digest = None
     if calibration is not None and config.stat == "lpla":
         canonical = json.dumps(calibration.to_dict(), sort_keys=True).encode()
@@ -253,7 +253,7 @@ def plan_job(config: ScoreConfig, device: Optional[str] = None) -> JobPlan:
         shards, errors = _open_shards(source, calibration)
         id_type = common_id_type(shards)
         scorer = make_scorer(config, calibration, p, id_type, encoder)
-        settings = job_settings(config, calibration, p, id_type, encoder, digest and digest.result())
+        settings = job_settings(config, calibration, p, id_type, digest and digest.result())
     manifest = previous.resume(settings) if previous is not None else Manifest(manifest_path, settings)
     for shard in shards:
         manifest.begin_shard(shard.path, shard.n_rows, shard.size)
