@@ -17,3 +17,19 @@ def cpu_capability(request):
     previous = ops._set_cpu_capability(request.param)
     yield request.param
     ops._set_cpu_capability(previous)
+
+
+@pytest.fixture
+def job_plans(monkeypatch):
+    """The plans of the scoring jobs run during the test, in order, kept to look at what a job
+    did to its encoder after it ran."""
+    from lpla_fast.streaming import job, local
+
+    plans = []
+
+    def keep_plan(*args, **kwargs):
+        plans.append(job.plan_job(*args, **kwargs))
+        return plans[-1]
+
+    monkeypatch.setattr(local, "plan_job", keep_plan)
+    return plans

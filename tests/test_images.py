@@ -123,23 +123,24 @@ def test_every_source_scores_like_query_views(tmp_path, encoder_dir, calib_path,
 
 
 @pytest.mark.parametrize("output", ["backbone", "head"])
-def test_images_of_32_pixels_run_channels_last_and_score_as_query_views(tmp_path, output):
-    """From 32 pixels on, the CPU job runs the encoder in the channels-last layout (faster there);
-    the scores stay those of query_views' contiguous forward pass, to float precision."""
-    from lpla_fast.streaming.scorer import CHANNELS_LAST_MIN_SIDE
-
-    side = CHANNELS_LAST_MIN_SIDE
+def test_convolutions_in_both_layouts_score_as_query_views(tmp_path, output, job_plans):
+    """On a CPU the job runs each convolution in its own layout (`set_conv_layouts`): the small
+    CNN of width 32 at 16 x 16 runs its first three channels-last and its last, over 4 x 4 maps of
+    128 channels, contiguous. The scores stay those of query_views' contiguous forward pass, to
+    float precision."""
     torch.manual_seed(1)
-    encoder = build_encoder(TrainConfig(framework="simclr", backbone="small_cnn", width=8, image_size=side,
+    encoder = build_encoder(TrainConfig(framework="simclr", backbone="small_cnn", width=32, image_size=16,
                                         proj_dim=16, augmentation="natural"))
     folder = str(tmp_path / "encoder")
     save_encoder(encoder, folder)
     calib = calibration_for(folder, output)
     calib.save(tmp_path / "calib.json")
-    images = random_images(40, seed=4, size=side)
+    images = random_images(40, seed=4)
     np.save(tmp_path / "a.npy", images)
     summary, out = score(tmp_path, folder, tmp_path / "a.npy", calib=str(tmp_path / "calib.json"), output=output)
     assert summary["complete"] and summary["rows"] == 40
+    convs = [m for m in job_plans[0].scorer.encoder.backbone.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs] == [True, True, True, False]
     _, scores = expected(folder, images, calib, output=output)
     np.testing.assert_allclose(read_scores(out).column("score").to_numpy(), scores, rtol=1e-4, atol=1e-4)
 

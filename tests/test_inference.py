@@ -1,6 +1,7 @@
 """An encoder made ready for inference (`encoders.inference`): the folded model computes what the
 model did, in float64 to rounding and in float32 to about 1e-6; what cannot be proven
-foldable is left alone; weights moved into huge pages keep their values, strides and sharing."""
+foldable is left alone; each convolution gets the layout its input's shape calls for and computes
+the same; weights moved into huge pages keep their values, strides and sharing."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 from lpla_fast.encoders import make_backbone
-from lpla_fast.encoders.inference import fold_batch_norms, place_in_huge_pages, transparent_huge_pages
+from lpla_fast.encoders.inference import (fold_batch_norms, place_in_huge_pages, set_conv_layouts,
+                                          transparent_huge_pages)
 
 
 def randomize_batch_norms(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -142,7 +144,49 @@ def test_a_weight_two_convolutions_share_is_not_scaled_in_place():
         torch.testing.assert_close(model(x), before(x), rtol=1e-10, atol=1e-10)
 
 
-def test_the_scoring_job_folds_its_encoder_and_embeds_like_query_views(tmp_path, monkeypatch):
+def conv_inputs(model: nn.Module, x: torch.Tensor) -> dict:
+    """Each Conv2d's input shape in a forward pass of x."""
+    shapes = {}
+
+    def record(conv, args):  # returns None: the input goes on unchanged
+        shapes.setdefault(conv, args[0].shape)
+
+    hooks = [m.register_forward_pre_hook(record) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    with torch.inference_mode():
+        model(x)
+    for h in hooks:
+        h.remove()
+    return shapes
+
+
+@pytest.mark.parametrize("name, size, wide", [("small_cnn", 16, 3), ("deep_cnn", 16, 5), ("resnet18", 16, 12),
+                                              ("resnet18", 64, 17), ("resnet50", 32, 27), ("vit_small", 16, 1)])
+def test_each_convolution_runs_in_the_layout_of_its_input_and_computes_the_same(name, size, wide):
+    """Channels-last where 2 * H * W >= the input's channels, contiguous elsewhere; float64
+    outputs to rounding; BatchNorms still fold afterwards (the layout hooks change no value)."""
+    model = randomize_batch_norms(make_backbone(name, image_size=size)).double()
+    x = torch.rand(3, 3, size, size, dtype=torch.float64)
+    with torch.inference_mode():
+        expected = model(x)
+    inputs = conv_inputs(model, x)
+    n_bn = batch_norms(model)
+    assert set_conv_layouts(model, x[:1]) == wide
+    for conv, (_, c, h, w) in inputs.items():
+        layout = torch.channels_last if 2 * h * w >= c else torch.contiguous_format
+        assert conv.weight.is_contiguous(memory_format=layout)
+        if conv.kernel_size != (1, 1):  # a 1 x 1 kernel's weight is both
+            other = torch.contiguous_format if layout is torch.channels_last else torch.channels_last
+            assert not conv.weight.is_contiguous(memory_format=other)
+    assert set_conv_layouts(model, x[:1]) == wide  # again: one layout hook per convolution
+    assert all(len(m._forward_pre_hooks) == 1 for m in inputs)
+    with torch.inference_mode():
+        torch.testing.assert_close(model(x), expected, rtol=1e-10, atol=1e-10)
+    assert fold_batch_norms(model, in_place=True) == n_bn
+    with torch.inference_mode():
+        torch.testing.assert_close(model(x), expected, rtol=1e-10, atol=1e-10)
+
+
+def test_the_scoring_job_folds_its_encoder_and_embeds_like_query_views(tmp_path, job_plans):
     """`lpla embed --images`: the job's folded encoder gives query_views' embeddings of the
     unfolded one, to float rounding."""
     import glob
@@ -150,9 +194,8 @@ def test_the_scoring_job_folds_its_encoder_and_embeds_like_query_views(tmp_path,
     import numpy as np
 
     from lpla_fast.encoders import TrainConfig, build_encoder, load_encoder, query_views, save_encoder
-    from lpla_fast.streaming import ScoreConfig, local, score_shards
+    from lpla_fast.streaming import ScoreConfig, score_shards
     from lpla_fast.streaming.images import to_float_images
-    from lpla_fast.streaming.job import plan_job
     from lpla_fast.testing import random_images
 
     torch.manual_seed(0)
@@ -165,15 +208,8 @@ def test_the_scoring_job_folds_its_encoder_and_embeds_like_query_views(tmp_path,
     np.save(tmp_path / "src" / "a.npy", images)
     config = ScoreConfig(images=str(tmp_path / "src"), encoder=str(tmp_path / "encoder"), out=str(tmp_path / "out"),
                          K=3, stat="norm", write_embeddings=True, batch_rows=32, progress=False, workers=0)
-    plans = []  # the job's plan, kept to look at its encoder after the run
-
-    def keep_plan(*args, **kwargs):
-        plans.append(plan_job(*args, **kwargs))
-        return plans[-1]
-
-    monkeypatch.setattr(local, "plan_job", keep_plan)
     score_shards(config)
-    assert batch_norms(plans[0].scorer.encoder) == 0
+    assert batch_norms(job_plans[0].scorer.encoder) == 0
     parts = sorted(p for p in glob.glob(str(tmp_path / "out" / "embeddings" / "*.npy")) if not p.endswith(".ids.npy"))
     got = np.concatenate([np.load(p) for p in parts])
     loaded = load_encoder(str(tmp_path / "encoder"))

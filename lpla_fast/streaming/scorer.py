@@ -97,22 +97,13 @@ class ChunkScorer:
         return self.finish(chunk, *self.scores(views)), None
 
 
-# On a CPU, convolutions over images of this side or more run in the channels-last (NHWC)
-# layout, oneDNN's own: measured on a 2-core Intel Xeon (AVX-512), 2 threads, eval forward of
-# 128-256 views, channels-last against contiguous: ResNet-18 at 64x64 1.12x, the small CNN at
-# 64x64 1.43x and at 16x16 1.14x, but ResNet-18 at 16x16 0.68x (its last stages are 2x2). A
-# fixed rule by size, not a timing, so that a job's scores never depend on the machine's load.
-CHANNELS_LAST_MIN_SIDE = 32
-
-
 class EncoderScorer:
     """Embeds image views with an encoder, then scores them like `ChunkScorer`.
 
-    Views go through the encoder `forward_rows` images (times K views) at a time, on a CPU in
-    the channels-last layout for images of CHANNELS_LAST_MIN_SIDE pixels or more. The scorer
-    owns its encoder and only runs it forward in eval mode: at the first chunk it moves the
-    encoder's weights into huge pages (on a CPU) and folds its BatchNorms into its
-    convolutions (`encoders.inference`).
+    Views go through the encoder `forward_rows` images (times K views) at a time. The scorer
+    owns its encoder and only runs it forward in eval mode: at the first chunk, on a CPU, it
+    gives each convolution its layout for the chunk's image size and moves the weights into
+    huge pages, then folds the BatchNorms into the convolutions (`encoders.inference`).
     """
 
     def __init__(self, encoder, scorer: ChunkScorer, output: str, K: int, write_embeddings: bool = False,
@@ -122,27 +113,21 @@ class EncoderScorer:
         self.encoder, self.scorer, self.output, self.K = encoder, scorer, output, int(K)
         self.write_embeddings, self.forward_rows = write_embeddings, forward_rows
         self.tail = split_tail(encoder.backbone) if output == "backbone" else None
-        self.memory_format = None  # chosen at the first chunk, from its device and image size
+        self.prepared = False  # the encoder is made ready at the first chunk, for its device and image size
 
-    def _prepare(self, views, device: str):
-        """The layout the encoder runs in; the first chunk chooses it (from its device and image
-        size), converts the encoder, on a CPU then moves its weights into huge pages, and last
-        folds its BatchNorms into the weights where they now lie."""
-        import torch
+    def _prepare(self, views, device: str) -> None:
+        """At the first chunk, on a CPU: each convolution's layout (`set_conv_layouts`, from one
+        view of the chunk), then the weights into huge pages; on any device, last, the
+        BatchNorms folded into the weights where they now lie."""
+        if self.prepared:
+            return
+        from ..encoders.inference import fold_batch_norms, place_in_huge_pages, set_conv_layouts
 
-        if self.memory_format is None:
-            from ..encoders.inference import fold_batch_norms, place_in_huge_pages
-
-            side = min(views.shape[-2:]) if views.dim() == 5 else 0
-            cpu = device == "cpu"
-            self.memory_format = torch.channels_last if cpu and side >= CHANNELS_LAST_MIN_SIDE else \
-                torch.contiguous_format
-            if self.memory_format is torch.channels_last:
-                self.encoder.to(memory_format=torch.channels_last)
-            if cpu:  # after the layout change, which copies the weights
-                place_in_huge_pages(self.encoder)
-            fold_batch_norms(self.encoder, in_place=True)
-        return self.memory_format
+        if device == "cpu":
+            set_conv_layouts(self.encoder.backbone, views[:1, 0])
+            place_in_huge_pages(self.encoder)  # after the layouts, which copy the weights they change
+        fold_batch_norms(self.encoder, in_place=True)
+        self.prepared = True
 
     def score_chunk(self, chunk: Chunk, device: str = "cpu"):
         import torch
@@ -150,12 +135,12 @@ class EncoderScorer:
         from ..encoders.base import evaluating
 
         views = chunk.views  # (n, K, C, H, W) float32, pinned on CUDA
-        layout = self._prepare(views, device)
+        self._prepare(views, device)
         parts = []
         with evaluating(self.encoder):
             for start in range(0, views.shape[0], self.forward_rows):
                 batch = views[start:start + self.forward_rows].to(device, non_blocking=True)
-                parts.append(self._forward(batch.flatten(0, 1).contiguous(memory_format=layout), batch.shape[0]))
+                parts.append(self._forward(batch.flatten(0, 1), batch.shape[0]))
         embeddings, norms, scores = (torch.cat(x) for x in zip(*parts))
         table = self.scorer.finish(chunk, norms, scores)
         if not self.write_embeddings:
