@@ -11,6 +11,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+import torch.nn.functional as F
 from torch import nn
 
 from lpla_fast.encoders import make_backbone
@@ -178,10 +179,32 @@ def test_each_convolution_runs_in_the_layout_of_its_input_and_computes_the_same(
             other = torch.contiguous_format if layout is torch.channels_last else torch.channels_last
             assert not conv.weight.is_contiguous(memory_format=other)
     assert set_conv_layouts(model, x[:1]) == wide  # again: one layout hook per convolution
-    assert all(len(m._forward_pre_hooks) == 1 for m in inputs)
+    assert all(len(m._forward_pre_hooks) == 1 and "forward" not in vars(m) for m in inputs)
     with torch.inference_mode():
         torch.testing.assert_close(model(x), expected, rtol=1e-10, atol=1e-10)
     assert fold_batch_norms(model, in_place=True) == n_bn
+    with torch.inference_mode():
+        torch.testing.assert_close(model(x), expected, rtol=1e-10, atol=1e-10)
+
+
+class SamePadding(nn.Conv2d):
+    """Pads in its forward, as "same" convolutions of TensorFlow ports do: its output is not the
+    shape its stored padding (0) gives."""
+
+    def forward(self, x):
+        return super().forward(F.pad(x, (1, 1, 1, 1)))
+
+
+def test_a_convolution_subclass_runs_for_real_while_layouts_are_found():
+    """Plain convolutions only work out their output's shape while the layouts are found; a
+    subclass runs its own forward, whose shape the layers after it rely on."""
+    model = nn.Sequential(SamePadding(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1, stride=2), nn.Flatten(),
+                          nn.Linear(16 * 4 * 4, 5)).double().eval()
+    x = torch.rand(2, 3, 8, 8, dtype=torch.float64)
+    with torch.inference_mode():
+        expected = model(x)
+    assert set_conv_layouts(model, x[:1]) == 2
+    assert model[0].weight.is_contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         torch.testing.assert_close(model(x), expected, rtol=1e-10, atol=1e-10)
 
