@@ -1,35 +1,34 @@
 """An encoder made ready to run forward only, in eval mode: what a scoring job does to the
 encoder it owns before its first chunk.
 
-* `fold_batch_norms`: in eval mode a BatchNorm2d is a fixed per-channel affine map; where it
-  reads nothing but the output of the convolution just before it, the two are one convolution
-  with scaled weights and a bias. Outputs move by float rounding (about 1e-6 relative in
-  float32). A pair is folded only where the code that runs it is known, so that no guess about
-  a model's forward can change what it computes: consecutive children of a plain
-  `nn.Sequential` (whose forward is torch's), and the stem and blocks of torchvision's ResNets
-  (this project's CIFAR ResNets included). Only exact `nn.Conv2d` and `nn.BatchNorm2d` modules
-  are folded (a subclass may compute something else), each used once in the model, the
-  BatchNorm with running statistics (without them, eval mode normalizes by the batch's own),
-  and neither with a forward hook. With `in_place`, the weights are scaled where they lie: a
-  scoring job first moves them into huge pages, then folds (7 ms less for a ResNet-18 than
-  folding into new tensors and moving those).
+* `fold_batch_norms`: in eval mode a BatchNorm2d is a fixed per-channel affine map; where it reads
+  nothing but the output of the convolution just before it, the two are one convolution with
+  scaled weights and a bias. Outputs move by float rounding (about 1e-6 relative in float32). A
+  pair is folded only where the code that runs it is known, so that no guess about a model's
+  forward can change what it computes: consecutive children of a plain `nn.Sequential` (whose
+  forward is torch's), and the stem and blocks of torchvision's ResNets (this project's CIFAR
+  ResNets included). Only exact `nn.Conv2d` and `nn.BatchNorm2d` modules are folded (a subclass
+  may compute something else), each used once in the model, the BatchNorm with running statistics
+  (without them, eval mode normalizes by the batch's own), and neither with a forward hook (but
+  the layout hooks below). With `in_place`, the weights are scaled where they lie: a scoring job
+  first moves them into huge pages, then folds (7 ms less for a ResNet-18 than folding into new
+  tensors and moving those).
 * `place_in_huge_pages`: the weights moved into one block of memory that Linux backs with
   2 MB pages (transparent huge pages, asked for with madvise). A CPU forward pass reads every
   weight once per batch (oneDNN reorders them at each call), and with 4 kB pages it ran
   measurably slower (page walks, most likely). A checkpoint read by `load_encoder` is
   memory-mapped and may already sit in such pages; weights computed in the process (folded into
   new tensors) never do.
-
 * `set_conv_layouts`: each convolution in the memory layout that oneDNN runs fastest for the
   input it gets: channels-last (NHWC) where the input has at least half as many positions per
   image as channels, contiguous (NCHW) where it is small and deep (a ResNet's last stages). The
   layout is a rule of the shapes, never a timing, so that scores never depend on the machine's
   load.
 
-Measured in `bench/RESULTS.md` (2-core Xeon, AVX-512, eval forward pass, the whole model channels-last
-from 32 pixels): folding alone, ResNet-18 1.14x at 16 x 16 and 1.18x at 64 x 64, the small CNN 1.07x and
-1.38x. In a scoring job at 16 x 16, ResNet-18's chunks ran slower folded in 4 kB pages than
-unfolded from the memory-mapped checkpoint, and 11 % faster folded in huge pages.
+Measured in `bench/RESULTS.md` (2-core Xeon, AVX-512, eval forward pass, the whole model
+channels-last from 32 pixels): folding alone, ResNet-18 1.14x at 16 x 16 and 1.18x at 64 x 64,
+the small CNN 1.07x and 1.38x. In a scoring job at 16 x 16, ResNet-18's chunks ran slower folded in
+4 kB pages than unfolded from the memory-mapped checkpoint, and 11 % faster folded in huge pages.
 """
 
 from __future__ import annotations
@@ -139,8 +138,8 @@ def set_conv_layouts(model: nn.Module, example: torch.Tensor) -> int:
     will get: channels-last where 2 * H * W >= input channels, contiguous elsewhere. One forward
     pass of `example` (a single input of the size to come, in eval mode; plain convolutions only
     work out their output's shape) finds each convolution's input; its weight is then stored in
-    its layout, and a forward pre-hook hands it its input in that layout. Outputs move by float rounding only. Returns how many
-    convolutions run channels-last.
+    its layout, and a forward pre-hook hands it its input in that layout. Outputs move by float
+    rounding only. Returns how many convolutions run channels-last.
 
     Measured on a 2-core Xeon (AVX-512), 2 threads, eval forward of folded backbones, median of
     paired rounds against the whole model in one layout (contiguous below 32 pixels,
